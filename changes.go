@@ -1,0 +1,144 @@
+package llq
+
+import (
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// change is what a trigger reports: something at or below zone may differ
+// now. Triggers never say what changed; the resolver finds out by asking the
+// chain, so subscribers always see what an ordinary query would.
+type change struct {
+	trigger string // names the trigger in metrics
+	zone    string
+	// uncovered limits the change to topics that no native trigger watches:
+	// the poll fallback must not re-resolve what file reloads already report.
+	uncovered bool
+}
+
+// changeQueue debounces changes and re-resolves the affected topics on one
+// worker goroutine, so that work scales with what changed and a burst of
+// signals costs one pass.
+type changeQueue struct {
+	e       *Engine
+	pending []change
+	first   time.Time
+	flush   *timer
+	kick    chan struct{}
+	quit    chan struct{}
+	done    chan struct{}
+}
+
+// maxDelayFactor caps the debounce under a steady stream of signals.
+const maxDelayFactor = 10
+
+func newChangeQueue(e *Engine) *changeQueue {
+	c := &changeQueue{e: e, kick: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
+	c.flush = newTimer(func() {
+		select {
+		case c.kick <- struct{}{}:
+		default:
+		}
+	})
+	go c.run()
+	return c
+}
+
+// mark queues ch and (re)starts the quiet period.
+func (c *changeQueue) mark(ch change) {
+	triggerChanges.WithLabelValues(ch.trigger).Inc()
+	e := c.e
+	e.mu.Lock()
+	now := time.Now()
+	if len(c.pending) == 0 {
+		c.first = now
+	}
+	c.pending = append(c.pending, ch)
+	at := now.Add(e.cfg.debounce)
+	if limit := c.first.Add(e.cfg.debounce * maxDelayFactor); at.After(limit) {
+		at = limit
+	}
+	e.mu.Unlock()
+	e.sched.schedule(c.flush, at)
+}
+
+func (c *changeQueue) close() {
+	close(c.quit)
+	<-c.done
+}
+
+func (c *changeQueue) run() {
+	defer close(c.done)
+	for {
+		select {
+		case <-c.quit:
+			return
+		case <-c.kick:
+			c.process()
+		}
+	}
+}
+
+type work struct {
+	t       *topic
+	trigger string
+	b       *backend
+}
+
+// process re-resolves every topic the pending changes touch.
+func (c *changeQueue) process() {
+	e := c.e
+	e.mu.Lock()
+	pending := c.pending
+	c.pending = nil
+	var todo []work
+	for _, t := range e.t.topics {
+		for _, ch := range pending {
+			if !dns.IsSubDomain(ch.zone, t.key.name) {
+				continue
+			}
+			if ch.uncovered && e.watch.covers(t.key.name) {
+				continue
+			}
+			b, _ := e.backendFor(t.key.name)
+			todo = append(todo, work{t, ch.trigger, b})
+			break
+		}
+	}
+	e.mu.Unlock()
+
+	for _, w := range todo {
+		c.update(w)
+	}
+}
+
+// update re-resolves one topic and tells its subscribers what changed.
+func (c *changeQueue) update(w work) {
+	e := c.e
+	if w.b == nil {
+		return
+	}
+	rrs, ok := resolve(w.b.handler, w.t.question, w.t.client)
+	resolutions.WithLabelValues(w.trigger).Inc()
+	if !ok {
+		return
+	}
+	next := newAnswerSet(rrs)
+	now := time.Now()
+	e.mu.Lock()
+	if e.t.topics[w.t.key] != w.t { // its last subscriber left meanwhile
+		e.mu.Unlock()
+		return
+	}
+	added, removed := w.t.answers.diff(next)
+	if len(added) == 0 && len(removed) == 0 {
+		e.mu.Unlock()
+		return
+	}
+	old := w.t.answers
+	w.t.answers = next
+	ds := e.publish(w.t, added, removed, old, now)
+	e.mu.Unlock()
+	e.send(ds, "event")
+}

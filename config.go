@@ -1,0 +1,53 @@
+package llq
+
+import "time"
+
+// config is what the Corefile sets. An engine takes the newest config on every
+// (re)load; values are read under the engine lock.
+type config struct {
+	listen         string
+	minLease       time.Duration
+	maxLease       time.Duration
+	maxLLQs        int
+	maxPerClient   int
+	setupRate      float64 // established LLQs per second per client address
+	setupBurst     int
+	retransmit     time.Duration // first event retransmission; doubles after each
+	attempts       int           // event transmissions before a silent client is dropped
+	poll           time.Duration // re-resolution period for backends without a change signal; 0 = never
+	debounce       time.Duration // quiet period after a change signal before re-resolving
+	srvTarget      string        // SRV target for discovery; "" = llq.ZONE with synthesised addresses
+	udpSize        uint16        // EDNS0 size the listener advertises
+	fullRetryAfter time.Duration // SERV-FULL retry-after when a count limit is hit
+}
+
+func defaultConfig() *config {
+	return &config{
+		listen:         ":5352",
+		minLease:       15 * time.Minute,
+		maxLease:       2 * time.Hour,
+		maxLLQs:        100000,
+		maxPerClient:   1000,
+		setupRate:      20,
+		setupBurst:     100,
+		retransmit:     2 * time.Second,
+		attempts:       5,
+		poll:           30 * time.Second,
+		debounce:       10 * time.Millisecond,
+		udpSize:        1232,
+		fullRetryAfter: 5 * time.Minute,
+	}
+}
+
+// clampLease grants a lease within the configured bounds. A request for
+// zero (only meaningful in a refresh, where it terminates) gets the minimum.
+func (c *config) clampLease(requested uint32) uint32 {
+	d := time.Duration(requested) * time.Second
+	if d < c.minLease {
+		d = c.minLease
+	}
+	if d > c.maxLease {
+		d = c.maxLease
+	}
+	return uint32(d / time.Second)
+}

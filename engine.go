@@ -1,0 +1,272 @@
+package llq
+
+import (
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/llqdns/llq/wire"
+	"github.com/miekg/dns"
+)
+
+// Engine is everything llq keeps for one LLQ listener address: the listener,
+// the LLQ table, the topics and the timers. It outlives plugin instances, so
+// that a Corefile reload keeps every live LLQ (see registry.go).
+type Engine struct {
+	mu       sync.Mutex
+	cfg      *config
+	t        table
+	backends []*backend // longest zone first is not needed: zoneFor picks the longest match
+
+	sched   *scheduler
+	chal    *challenger
+	limiter *setupLimiter
+	ln      *listener
+	changes *changeQueue
+	watch   *watchers
+
+	refs int // plugin instances using the engine; guarded by the registry lock
+}
+
+func newEngine(cfg *config) (*Engine, error) {
+	e := &Engine{
+		cfg:     cfg,
+		t:       newTable(),
+		sched:   newScheduler(),
+		chal:    newChallenger(),
+		limiter: newSetupLimiter(),
+	}
+	e.changes = newChangeQueue(e)
+	e.watch = newWatchers(e)
+	ln, err := listen(cfg.listen, e)
+	if err != nil {
+		e.sched.close()
+		return nil, err
+	}
+	e.ln = ln
+	e.watch.start()
+	publishLimits(cfg)
+	return e, nil
+}
+
+// close stops the listener and every timer and forgets every LLQ.
+func (e *Engine) close() {
+	e.watch.stop()
+	e.ln.close()
+	e.sched.close()
+	e.changes.close()
+	e.mu.Lock()
+	n := len(e.t.subs)
+	e.t = newTable()
+	e.mu.Unlock()
+	liveLLQs.Sub(float64(n))
+	topicsGauge.Set(0)
+}
+
+// reconfigure applies a reloaded Corefile's settings. Live LLQs keep their
+// leases until their next refresh.
+func (e *Engine) reconfigure(cfg *config) {
+	e.mu.Lock()
+	e.cfg = cfg
+	e.mu.Unlock()
+	publishLimits(cfg)
+}
+
+func (e *Engine) config() *config {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.cfg
+}
+
+// Addr is the UDP address the LLQ listener is bound to.
+func (e *Engine) Addr() net.Addr { return e.ln.udp.LocalAddr() }
+
+func (e *Engine) register(b *backend) {
+	e.mu.Lock()
+	e.backends = append(e.backends, b)
+	e.mu.Unlock()
+}
+
+func (e *Engine) unregister(owner *LLQ) {
+	e.mu.Lock()
+	kept := e.backends[:0]
+	for _, b := range e.backends {
+		if b.owner != owner {
+			kept = append(kept, b)
+		}
+	}
+	e.backends = kept
+	e.mu.Unlock()
+}
+
+// backendFor returns the backend serving name (the longest matching zone)
+// and that zone, or nil when llq serves no zone containing name. The newest
+// registration wins a tie, so that after a reload the new instance answers.
+// Call with e.mu held.
+func (e *Engine) backendFor(name string) (*backend, string) {
+	var best *backend
+	zone := ""
+	for _, b := range e.backends {
+		for _, z := range b.zones {
+			if dns.IsSubDomain(z, name) && (best == nil || len(z) >= len(zone)) {
+				best, zone = b, z
+			}
+		}
+	}
+	return best, zone
+}
+
+// setupError tells protocol.go which LLQ error a setup or refresh earned.
+type setupError struct {
+	code  uint16
+	lease uint32 // retry-after for SERV-FULL
+}
+
+// admit checks the count limits for a new LLQ from addr. Call with e.mu held.
+func (e *Engine) admit(addr netip.Addr) *setupError {
+	if e.cfg.maxLLQs > 0 && len(e.t.subs) >= e.cfg.maxLLQs {
+		limitRejections.WithLabelValues("max-llqs").Inc()
+		return &setupError{code: wire.ServFull, lease: uint32(e.cfg.fullRetryAfter / time.Second)}
+	}
+	if e.cfg.maxPerClient > 0 && e.t.perClient[addr] >= e.cfg.maxPerClient {
+		limitRejections.WithLabelValues("max-llqs-per-client").Inc()
+		return &setupError{code: wire.ServFull, lease: uint32(e.cfg.fullRetryAfter / time.Second)}
+	}
+	return nil
+}
+
+// establish creates the LLQ id for q on behalf of client, or returns the
+// existing one when the client repeats itself, and returns the answers the
+// ACK carries.
+func (e *Engine) establish(id uint64, q dns.Question, client netip.AddrPort, lease uint32, udpSize uint16, now time.Time) ([]dns.RR, uint32, *setupError) {
+	key := keyOf(q)
+	e.mu.Lock()
+	if s, ok := e.t.subs[id]; ok {
+		defer e.mu.Unlock()
+		if s.client.Addr() != client.Addr() || s.topic.key != key {
+			// A 64-bit collision between two clients' challenges: make the
+			// newcomer start over in a later epoch, which yields another ID.
+			return nil, 0, &setupError{code: wire.ServFull, lease: 1}
+		}
+		setups.WithLabelValues("duplicate").Inc()
+		return s.topic.answers.records(), s.remaining(now), nil
+	}
+	if err := e.admit(client.Addr()); err != nil {
+		e.mu.Unlock()
+		return nil, 0, err
+	}
+	cfg := e.cfg
+	b, zone := e.backendFor(key.name)
+	t := e.t.topics[key]
+	e.mu.Unlock()
+
+	if b == nil {
+		return nil, 0, &setupError{code: wire.Static}
+	}
+	if ok, wait := e.limiter.allow(client.Addr(), now, cfg.setupRate, cfg.setupBurst); !ok {
+		limitRejections.WithLabelValues("setup-rate").Inc()
+		return nil, 0, &setupError{code: wire.ServFull, lease: uint32(wait/time.Second) + 1}
+	}
+
+	var fresh answerSet
+	if t == nil {
+		// Resolve outside the lock: a backend such as etcd may take a while.
+		rrs, ok := resolve(b.handler, q, client)
+		if !ok {
+			return nil, 0, &setupError{code: wire.UnknownErr}
+		}
+		fresh = newAnswerSet(rrs)
+	}
+
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if _, ok := e.t.subs[id]; ok { // the same challenge response twice, concurrently
+		return nil, 0, &setupError{code: wire.ServFull, lease: 1}
+	}
+	if err := e.admit(client.Addr()); err != nil {
+		return nil, 0, err
+	}
+	t = e.t.topics[key]
+	if t == nil {
+		t = &topic{key: key, question: q, zone: zone, answers: fresh, subs: make(map[uint64]*subscription, 1), client: client}
+		e.t.topics[key] = t
+		topicsGauge.Set(float64(len(e.t.topics)))
+	}
+	s := &subscription{id: id, topic: t, client: client, udpSize: udpSize}
+	s.expiry = newTimer(func() { e.expire(s) })
+	e.t.add(s)
+	e.grant(s, lease, now)
+	liveLLQs.Inc()
+	setups.WithLabelValues("established").Inc()
+	return t.answers.records(), lease, nil
+}
+
+// grant (re)starts s's lease. Call with e.mu held.
+func (e *Engine) grant(s *subscription, lease uint32, now time.Time) {
+	s.lease = time.Duration(lease) * time.Second
+	s.expires = now.Add(s.lease)
+	e.sched.schedule(s.expiry, s.expires)
+}
+
+// refresh renews or (lease 0) terminates LLQ id for client. A non-zero
+// eventPort moves the client's events there.
+func (e *Engine) refresh(id uint64, q dns.Question, client netip.AddrPort, eventPort uint16, lease uint32, now time.Time) (uint32, *setupError) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	s, ok := e.t.subs[id]
+	if !ok || s.client.Addr() != client.Addr() || s.topic.key != keyOf(q) {
+		return 0, &setupError{code: wire.NoSuchLLQ}
+	}
+	if lease == 0 {
+		e.drop(s)
+		terminations.Inc()
+		return 0, nil
+	}
+	// Events follow the client to the port its latest refresh came from:
+	// that is where its NAT mapping is now.
+	if eventPort != 0 {
+		e.t.move(s, netip.AddrPortFrom(client.Addr(), eventPort))
+	}
+	granted := e.cfg.clampLease(lease)
+	e.grant(s, granted, now)
+	refreshes.Inc()
+	return granted, nil
+}
+
+// drop removes s and its timers. Call with e.mu held.
+func (e *Engine) drop(s *subscription) {
+	for _, tr := range s.pending {
+		if tr.ev.live == tr.id {
+			e.sched.cancel(tr.ev.retry)
+		}
+	}
+	if e.t.remove(s) {
+		e.sched.cancel(s.expiry)
+		liveLLQs.Dec()
+		topicsGauge.Set(float64(len(e.t.topics)))
+	}
+}
+
+func (e *Engine) expire(s *subscription) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if s.gone || time.Now().Before(s.expires) {
+		return
+	}
+	e.drop(s)
+	expirations.Inc()
+}
+
+// Stats is a snapshot for tests and the command line.
+type Stats struct {
+	LLQs, Topics, Timers int
+}
+
+func (e *Engine) Stats() Stats {
+	e.mu.Lock()
+	st := Stats{LLQs: len(e.t.subs), Topics: len(e.t.topics)}
+	e.mu.Unlock()
+	st.Timers = e.sched.len()
+	return st
+}

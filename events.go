@@ -1,0 +1,301 @@
+package llq
+
+import (
+	"encoding/binary"
+	"math/rand/v2"
+	"net/netip"
+	"time"
+
+	"github.com/llqdns/llq/wire"
+	"github.com/miekg/dns"
+)
+
+// An event tells one LLQ the current state of some records. Every packet
+// states, for each record it names, the truth at the moment it is sent: a
+// retransmission is rebuilt from the current answers, so it can never undo a
+// newer change. The network may still deliver an old packet after a newer
+// one; the client acknowledges every packet, and an acknowledgement of a
+// packet whose statement is no longer true triggers a fresh event for those
+// records. So each subscriber converges to the answer set under loss,
+// duplication and reordering.
+type event struct {
+	sub   *subscription
+	keys  []string // record identities, see recordKey
+	rrs   []dns.RR // the record for each key, as last known
+	tries int
+	retry *timer
+	live  uint16 // DNS ID of the latest transmission
+}
+
+// transmission is one event packet awaiting its acknowledgement.
+type transmission struct {
+	id   uint16
+	ev   *event
+	adds []bool // what this packet said about each of ev.keys
+	sent time.Time
+}
+
+// maxPending bounds the unacknowledged packets kept per LLQ.
+const maxPending = 64
+
+// delivery is one event packet to send once the engine lock is released.
+type delivery struct {
+	to      netip.AddrPort
+	msgID   uint16
+	llqID   uint64
+	lease   uint32
+	packet  []byte // shared template: msgID, llqID and lease are patched in
+	private bool   // packet belongs to this delivery alone
+}
+
+// statement is the part of a change that fits in one packet.
+type statement struct {
+	keys []string
+	rrs  []dns.RR
+	adds []bool
+}
+
+// split cuts a change into statements whose packets fit size bytes. Sizes
+// are uncompressed, so the packed (compressed) packets are never larger.
+func split(q dns.Question, keys []string, rrs []dns.RR, adds []bool, size uint16) []statement {
+	base := 12 + len(q.Name) + 2 + 4 + 11 + 4 + wire.OptionLen
+	var out []statement
+	start, used := 0, base
+	for i, rr := range rrs {
+		n := dns.Len(rr)
+		if i > start && used+n > int(size) {
+			out = append(out, statement{keys[start:i], rrs[start:i], adds[start:i]})
+			start, used = i, base
+		}
+		used += n
+	}
+	if start < len(rrs) {
+		out = append(out, statement{keys[start:], rrs[start:], adds[start:]})
+	}
+	return out
+}
+
+// buildEvent packs an event packet.
+func buildEvent(q dns.Question, rrs []dns.RR, adds []bool, msgID uint16, llqID uint64, lease uint32) ([]byte, error) {
+	m := &dns.Msg{Compress: true}
+	m.Id = msgID
+	m.Response = true
+	m.Authoritative = true
+	m.Question = []dns.Question{q}
+	m.Answer = make([]dns.RR, len(rrs))
+	for i, rr := range rrs {
+		if adds[i] {
+			m.Answer[i] = rr
+			continue
+		}
+		gone := dns.Copy(rr)
+		gone.Header().Ttl = wire.RemoveTTL
+		m.Answer[i] = gone
+	}
+	wire.SetOptions(m, 0, wire.NewOption(wire.OpEvent, wire.NoError, llqID, lease))
+	return m.Pack()
+}
+
+// patch writes one subscriber's fields into an event packet: the DNS ID at
+// the start and, since the LLQ option is the last thing in the packet, the
+// LLQ ID and lease in its final 12 bytes.
+func patch(b []byte, msgID uint16, llqID uint64, lease uint32) {
+	binary.BigEndian.PutUint16(b, msgID)
+	binary.BigEndian.PutUint64(b[len(b)-12:], llqID)
+	binary.BigEndian.PutUint32(b[len(b)-4:], lease)
+}
+
+// freshID returns a DNS ID not used by any pending packet of s.
+func freshID(s *subscription) uint16 {
+	for {
+		id := uint16(rand.Uint32())
+		clash := false
+		for _, tr := range s.pending {
+			if tr.id == id {
+				clash = true
+				break
+			}
+		}
+		if !clash {
+			return id
+		}
+	}
+}
+
+// track records a transmission of ev and arms its retransmission. Call with
+// e.mu held.
+func (e *Engine) track(ev *event, adds []bool, now time.Time) uint16 {
+	s := ev.sub
+	// Forget packets older than a whole retransmission schedule: their
+	// events have been answered or given up on by now.
+	horizon := now.Add(-e.cfg.retransmit << uint(e.cfg.attempts))
+	i := 0
+	for i < len(s.pending) && (s.pending[i].sent.Before(horizon) || len(s.pending)-i >= maxPending) {
+		i++
+	}
+	s.pending = append(s.pending[:0], s.pending[i:]...)
+
+	id := freshID(s)
+	s.pending = append(s.pending, transmission{id: id, ev: ev, adds: adds, sent: now})
+	ev.live = id
+	e.sched.schedule(ev.retry, now.Add(e.cfg.retransmit<<uint(ev.tries)))
+	return id
+}
+
+func (e *Engine) newEvent(s *subscription, st statement) *event {
+	ev := &event{sub: s, keys: st.keys, rrs: st.rrs}
+	ev.retry = newTimer(func() { e.retransmit(ev) })
+	return ev
+}
+
+// publish queues events for every subscriber of t about the keys that
+// changed; old holds the records that were removed. Call with e.mu held;
+// send the returned deliveries after unlocking.
+func (e *Engine) publish(t *topic, added, removed []string, old answerSet, now time.Time) []delivery {
+	keys := make([]string, 0, len(added)+len(removed))
+	rrs := make([]dns.RR, 0, cap(keys))
+	adds := make([]bool, 0, cap(keys))
+	for _, k := range added {
+		keys, rrs, adds = append(keys, k), append(rrs, t.answers[k]), append(adds, true)
+	}
+	for _, k := range removed {
+		keys, rrs, adds = append(keys, k), append(rrs, old[k]), append(adds, false)
+	}
+	type packed struct {
+		st     statement
+		packet []byte
+	}
+	bySize := make(map[uint16][]packed) // subscribers mostly share a handful of sizes
+	var out []delivery
+	for _, s := range t.subs {
+		chunks, ok := bySize[s.udpSize]
+		if !ok {
+			for _, st := range split(t.question, keys, rrs, adds, s.udpSize) {
+				b, err := buildEvent(t.question, st.rrs, st.adds, 0, 0, 0)
+				if err != nil {
+					log.Errorf("cannot pack event for %s: %v", t.question.Name, err)
+					continue
+				}
+				chunks = append(chunks, packed{st, b})
+			}
+			bySize[s.udpSize] = chunks
+		}
+		for _, c := range chunks {
+			id := e.track(e.newEvent(s, c.st), c.st.adds, now)
+			out = append(out, delivery{to: s.client, msgID: id, llqID: s.id, lease: s.remaining(now), packet: c.packet})
+		}
+	}
+	return out
+}
+
+// send writes deliveries to the wire. Packets shared between deliveries are
+// patched in place, one at a time, which is why this runs on one goroutine.
+func (e *Engine) send(ds []delivery, kind string) {
+	for _, d := range ds {
+		patch(d.packet, d.msgID, d.llqID, d.lease)
+		if err := e.ln.writeTo(d.packet, d.to); err != nil {
+			log.Debugf("event to %s: %v", d.to, err)
+			continue
+		}
+		if kind == "retransmit" {
+			retransmissions.Inc()
+		} else {
+			eventsSent.Inc()
+		}
+	}
+}
+
+// retransmit resends an unacknowledged event with the current truth, or
+// drops the LLQ of a client that has stayed silent for every attempt.
+func (e *Engine) retransmit(ev *event) {
+	now := time.Now()
+	e.mu.Lock()
+	s := ev.sub
+	if s.gone {
+		e.mu.Unlock()
+		return
+	}
+	ev.tries++
+	if ev.tries >= e.cfg.attempts {
+		e.drop(s)
+		droppedSilent.Inc()
+		e.mu.Unlock()
+		log.Debugf("dropped LLQ %x of %s: %d events unacknowledged", s.id, s.client, ev.tries)
+		return
+	}
+	d, err := e.restate(ev, now)
+	e.mu.Unlock()
+	if err != nil {
+		log.Errorf("cannot pack event for %s: %v", s.topic.question.Name, err)
+		return
+	}
+	e.send([]delivery{d}, "retransmit")
+}
+
+// restate brings ev up to the current truth and transmits it again. Call
+// with e.mu held.
+func (e *Engine) restate(ev *event, now time.Time) (delivery, error) {
+	s := ev.sub
+	rrs := make([]dns.RR, len(ev.keys))
+	adds := make([]bool, len(ev.keys))
+	for i, k := range ev.keys {
+		if rr, ok := s.topic.answers[k]; ok {
+			rrs[i], adds[i] = rr, true
+		} else {
+			rrs[i] = ev.rrs[i]
+		}
+	}
+	ev.rrs = rrs
+	id := e.track(ev, adds, now)
+	lease := s.remaining(now)
+	b, err := buildEvent(s.topic.question, rrs, adds, id, s.id, lease)
+	return delivery{to: s.client, msgID: id, llqID: s.id, lease: lease, packet: b, private: true}, err
+}
+
+// acknowledge handles an event ack from src: it stops the retransmission of
+// the event and, when the acknowledged packet stated something that is no
+// longer true, tells the client the truth again.
+func (e *Engine) acknowledge(msgID uint16, llqID uint64, src netip.AddrPort) {
+	now := time.Now()
+	e.mu.Lock()
+	s, ok := e.t.subs[llqID]
+	if !ok || s.client.Addr() != src.Addr() {
+		e.mu.Unlock()
+		return
+	}
+	i := -1
+	for j, tr := range s.pending {
+		if tr.id == msgID {
+			i = j
+			break
+		}
+	}
+	if i < 0 {
+		e.mu.Unlock() // a duplicate ack, or one for a packet long forgotten
+		return
+	}
+	tr := s.pending[i]
+	s.pending = append(s.pending[:i], s.pending[i+1:]...)
+	acks.Inc()
+	ev := tr.ev
+	if ev.live == msgID {
+		e.sched.cancel(ev.retry)
+	}
+	var stale statement
+	for j, k := range ev.keys {
+		_, present := s.topic.answers[k]
+		if present != tr.adds[j] {
+			stale.keys = append(stale.keys, k)
+			stale.rrs = append(stale.rrs, ev.rrs[j])
+		}
+	}
+	var ds []delivery
+	if len(stale.keys) > 0 {
+		fix := e.newEvent(s, stale)
+		if d, err := e.restate(fix, now); err == nil {
+			ds = append(ds, d)
+		}
+	}
+	e.mu.Unlock()
+	e.send(ds, "event")
+}

@@ -1,0 +1,147 @@
+package llq
+
+import (
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"runtime"
+	"sync"
+	"time"
+)
+
+// listener is llq's own socket pair. CoreDNS's listener drops every message
+// with QR=1 before a plugin sees it, and event acknowledgements are such
+// messages, so the LLQ exchange cannot live on CoreDNS's port.
+type listener struct {
+	e    *Engine
+	udp  *net.UDPConn
+	tcp  *net.TCPListener
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	open map[net.Conn]struct{}
+}
+
+// tcpIdle is how long a TCP client may stay silent before its connection is
+// closed; LLQ over TCP only sets up and refreshes, events go over UDP.
+const tcpIdle = 30 * time.Second
+
+func listen(addr string, e *Engine) (*listener, error) {
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	udp, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		return nil, err
+	}
+	// Bind TCP to the very port UDP got, which matters when addr says :0.
+	ta := &net.TCPAddr{IP: ua.IP, Port: udp.LocalAddr().(*net.UDPAddr).Port, Zone: ua.Zone}
+	tcp, err := net.ListenTCP("tcp", ta)
+	if err != nil {
+		udp.Close()
+		return nil, err
+	}
+	_ = udp.SetReadBuffer(4 << 20)
+	_ = udp.SetWriteBuffer(4 << 20)
+	l := &listener{e: e, udp: udp, tcp: tcp, open: make(map[net.Conn]struct{})}
+	readers := runtime.GOMAXPROCS(0)
+	l.wg.Add(readers + 1)
+	for range readers {
+		go l.serveUDP()
+	}
+	go l.serveTCP()
+	return l, nil
+}
+
+func (l *listener) writeTo(b []byte, to netip.AddrPort) error {
+	_, err := l.udp.WriteToUDPAddrPort(b, to)
+	return err
+}
+
+func (l *listener) serveUDP() {
+	defer l.wg.Done()
+	buf := make([]byte, 65535)
+	for {
+		n, src, err := l.udp.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+		if reply := l.e.serve(buf[:n], src, false); reply != nil {
+			l.writeTo(reply, src)
+		}
+	}
+}
+
+func (l *listener) serveTCP() {
+	defer l.wg.Done()
+	for {
+		c, err := l.tcp.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		l.mu.Lock()
+		l.open[c] = struct{}{}
+		l.mu.Unlock()
+		l.wg.Add(1)
+		go l.serveConn(c)
+	}
+}
+
+func (l *listener) serveConn(c *net.TCPConn) {
+	defer func() {
+		c.Close()
+		l.mu.Lock()
+		delete(l.open, c)
+		l.mu.Unlock()
+		l.wg.Done()
+	}()
+	src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+	var hdr [2]byte
+	buf := make([]byte, 0, 512)
+	for {
+		c.SetReadDeadline(time.Now().Add(tcpIdle))
+		if _, err := io.ReadFull(c, hdr[:]); err != nil {
+			return
+		}
+		n := int(binary.BigEndian.Uint16(hdr[:]))
+		if cap(buf) < n {
+			buf = make([]byte, n)
+		}
+		buf = buf[:n]
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return
+		}
+		reply := l.e.serve(buf, src, true)
+		if reply == nil {
+			continue
+		}
+		out := make([]byte, 2+len(reply))
+		binary.BigEndian.PutUint16(out, uint16(len(reply)))
+		copy(out[2:], reply)
+		c.SetWriteDeadline(time.Now().Add(tcpIdle))
+		if _, err := c.Write(out); err != nil {
+			return
+		}
+	}
+}
+
+func (l *listener) close() {
+	l.udp.Close()
+	l.tcp.Close()
+	l.mu.Lock()
+	for c := range l.open {
+		c.Close()
+	}
+	l.mu.Unlock()
+	l.wg.Wait()
+}

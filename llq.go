@@ -1,0 +1,87 @@
+// Package llq is a CoreDNS plugin that serves DNS Long-Lived Queries
+// (RFC 8764): clients subscribe to a question and are sent the changes to its
+// answer as they happen.
+package llq
+
+import (
+	"context"
+	"sync"
+
+	"github.com/coredns/coredns/plugin"
+	"github.com/miekg/dns"
+)
+
+// LLQ is the plugin handler on CoreDNS's own port. The LLQ exchange itself
+// runs on the engine's listener; here llq only answers discovery queries and
+// makes LLQ queries look like ordinary ones.
+type LLQ struct {
+	Next  plugin.Handler
+	Zones []string
+	cfg   *config
+
+	mu sync.RWMutex
+	e  *Engine
+}
+
+func (l *LLQ) Name() string { return "llq" }
+
+func (l *LLQ) engine() *Engine {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.e
+}
+
+func (l *LLQ) setEngine(e *Engine) {
+	l.mu.Lock()
+	l.e = e
+	l.mu.Unlock()
+}
+
+// ServeDNS implements plugin.Handler.
+func (l *LLQ) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
+	if len(r.Question) == 1 {
+		switch r.Question[0].Qtype {
+		case dns.TypeSRV, dns.TypeA, dns.TypeAAAA:
+			if rcode, err, done := l.discovery(ctx, w, r); done {
+				return rcode, err
+			}
+		}
+	}
+	stripLLQ(r)
+	return plugin.NextOrFailure(l.Name(), l.Next, ctx, w, r)
+}
+
+// stripLLQ removes LLQ options from a query that reached CoreDNS's port: the
+// client gets the answer a server without LLQ gives, so it falls back to
+// polling cleanly, and no LLQ option travels on to cache or forward. The
+// OPT record is replaced, not edited: others may hold the original.
+func stripLLQ(r *dns.Msg) {
+	opt := r.IsEdns0()
+	if opt == nil || len(opt.Option) == 0 {
+		return
+	}
+	has := false
+	for _, o := range opt.Option {
+		if o.Option() == dns.EDNS0LLQ {
+			has = true
+			break
+		}
+	}
+	if !has {
+		return
+	}
+	clean := &dns.OPT{Hdr: opt.Hdr}
+	for _, o := range opt.Option {
+		if o.Option() != dns.EDNS0LLQ {
+			clean.Option = append(clean.Option, o)
+		}
+	}
+	extra := make([]dns.RR, 0, len(r.Extra))
+	for _, rr := range r.Extra {
+		if rr == dns.RR(opt) {
+			rr = clean
+		}
+		extra = append(extra, rr)
+	}
+	r.Extra = extra
+}

@@ -1,0 +1,46 @@
+package llq
+
+import (
+	"github.com/coredns/coredns/plugin"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+func counter(name, help string) prometheus.Counter {
+	return promauto.NewCounter(prometheus.CounterOpts{Namespace: plugin.Namespace, Subsystem: "llq", Name: name, Help: help})
+}
+
+func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	return promauto.NewCounterVec(prometheus.CounterOpts{Namespace: plugin.Namespace, Subsystem: "llq", Name: name, Help: help}, labels)
+}
+
+var (
+	liveLLQs = promauto.NewGauge(prometheus.GaugeOpts{Namespace: plugin.Namespace, Subsystem: "llq",
+		Name: "subscriptions", Help: "Live LLQs."})
+	topicsGauge = promauto.NewGauge(prometheus.GaugeOpts{Namespace: plugin.Namespace, Subsystem: "llq",
+		Name: "topics", Help: "Distinct questions with at least one live LLQ."})
+	limitGauge = promauto.NewGaugeVec(prometheus.GaugeOpts{Namespace: plugin.Namespace, Subsystem: "llq",
+		Name: "limit", Help: "Configured limits."}, []string{"limit"})
+
+	setups          = counterVec("setups_total", "LLQ setup messages by result.", "result")
+	refreshes       = counter("refreshes_total", "LLQ leases refreshed.")
+	terminations    = counter("terminations_total", "LLQs terminated by their client.")
+	expirations     = counter("expirations_total", "LLQs whose lease ran out.")
+	eventsSent      = counter("events_sent_total", "Event packets sent (first transmissions).")
+	retransmissions = counter("event_retransmissions_total", "Event packets sent again for want of an acknowledgement.")
+	acks            = counter("event_acks_total", "Event acknowledgements matched to a pending event packet.")
+	droppedSilent   = counter("dropped_silent_total", "LLQs dropped because their client acknowledged no event.")
+	errorsSent      = counterVec("errors_total", "LLQ error codes sent, by code.", "code")
+	limitRejections = counterVec("limit_rejections_total", "LLQ setups refused with SERV-FULL, by limit.", "limit")
+	triggerChanges  = counterVec("trigger_changes_total", "Change signals seen, by trigger.", "trigger")
+	resolutions     = counterVec("resolutions_total", "Topics re-resolved, by trigger.", "trigger")
+)
+
+func publishLimits(c *config) {
+	limitGauge.WithLabelValues("max-llqs").Set(float64(c.maxLLQs))
+	limitGauge.WithLabelValues("max-llqs-per-client").Set(float64(c.maxPerClient))
+	limitGauge.WithLabelValues("setup-rate").Set(c.setupRate)
+	limitGauge.WithLabelValues("lease-min-seconds").Set(c.minLease.Seconds())
+	limitGauge.WithLabelValues("lease-max-seconds").Set(c.maxLease.Seconds())
+	limitGauge.WithLabelValues("retransmit-attempts").Set(float64(c.attempts))
+}

@@ -1,0 +1,208 @@
+package llq
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/llqdns/llq/wire"
+	"github.com/miekg/dns"
+)
+
+// serve answers one message that arrived on the LLQ listener and returns the
+// packed reply, or nil when nothing must be sent. It is the whole of RFC 8764
+// as seen from the server: setup, challenge, challenge response, refresh,
+// terminate and event acknowledgements. Replies never carry more than the
+// request did until the client has proven its address (no amplification):
+// only the ACK after a valid challenge response carries answers.
+func (e *Engine) serve(b []byte, src netip.AddrPort, tcp bool) []byte {
+	m := new(dns.Msg)
+	if err := m.Unpack(b); err != nil {
+		return formErrHeader(b)
+	}
+	if m.Response {
+		e.ack(m, src)
+		return nil
+	}
+	reply := new(dns.Msg)
+	reply.Id = m.Id
+	reply.Response = true
+	reply.Opcode = m.Opcode
+	reply.RecursionDesired = m.RecursionDesired
+	reply.Question = m.Question
+
+	if m.Opcode != dns.OpcodeQuery {
+		reply.Rcode = dns.RcodeNotImplemented
+		return pack(reply)
+	}
+	opt := m.IsEdns0()
+	opts := wire.Options(m)
+	if len(opts) == 0 {
+		// An ordinary query has no business here; the zone's own servers
+		// answer it.
+		reply.Rcode = dns.RcodeRefused
+		return pack(reply)
+	}
+	udpSize := e.config().udpSize
+	if opt.Version() != 0 {
+		reply.Rcode = dns.RcodeBadVers
+		wire.SetOptions(reply, udpSize)
+		errorsSent.WithLabelValues("BADVERS").Inc()
+		return pack(reply)
+	}
+	if wire.CheckLengths(b) != nil || len(opts) != len(m.Question) {
+		reply.Rcode = dns.RcodeFormatError
+		out := make([]*dns.EDNS0_LLQ, len(m.Question))
+		for i := range out {
+			out[i] = wire.NewOption(wire.OpSetup, wire.FormatErr, 0, 0)
+			if i < len(opts) {
+				out[i].Opcode, out[i].Id = opts[i].Opcode, opts[i].Id
+			}
+			countError(wire.FormatErr)
+		}
+		wire.SetOptions(reply, udpSize, out...)
+		return pack(reply)
+	}
+
+	clientSize := opt.UDPSize()
+	if clientSize < dns.MinMsgSize {
+		clientSize = dns.MinMsgSize
+	}
+	now := time.Now()
+	out := make([]*dns.EDNS0_LLQ, len(opts))
+	for i, o := range opts {
+		var answers []dns.RR
+		out[i], answers = e.question(m.Question[i], o, src, tcp, clientSize, now)
+		reply.Answer = append(reply.Answer, answers...)
+		countError(out[i].Error)
+	}
+	wire.SetOptions(reply, udpSize, out...)
+	reply.Authoritative = true
+	reply.Compress = true
+	if !tcp && reply.Len() > int(clientSize) {
+		// The LLQ stands; the client fetches the answers over TCP by
+		// repeating its challenge response there.
+		reply.Answer = nil
+		reply.Truncated = true
+	}
+	return pack(reply)
+}
+
+// question handles the LLQ option of one question.
+func (e *Engine) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.AddrPort, tcp bool, udpSize uint16, now time.Time) (*dns.EDNS0_LLQ, []dns.RR) {
+	fail := func(code uint16, lease uint32) (*dns.EDNS0_LLQ, []dns.RR) {
+		return wire.NewOption(o.Opcode, code, o.Id, lease), nil
+	}
+	if o.Version != wire.Version {
+		return fail(wire.BadVers, 0) // NewOption sets our version
+	}
+	cfg := e.config()
+	switch o.Opcode {
+	case wire.OpSetup:
+		e.mu.Lock()
+		b, _ := e.backendFor(keyOf(q).name)
+		e.mu.Unlock()
+		if b == nil {
+			setups.WithLabelValues("static").Inc()
+			return fail(wire.Static, 0)
+		}
+		lease := cfg.clampLease(o.LeaseLife)
+		client := src
+		if tcp {
+			// Over TCP the connection already proved the address. Events
+			// still go over UDP: to the port the client names in ERROR
+			// (mDNSResponder does), else to its TCP source port.
+			if o.Error != 0 {
+				client = netip.AddrPortFrom(src.Addr(), o.Error)
+			}
+		}
+		id := o.Id
+		if id == 0 {
+			if !tcp {
+				if err := e.precheck(src.Addr()); err != nil {
+					return fail(err.code, err.lease)
+				}
+				setups.WithLabelValues("challenged").Inc()
+				return wire.NewOption(wire.OpSetup, wire.NoError, e.chal.issue(now, src, q), lease), nil
+			}
+			id = e.chal.issue(now, client, q)
+		} else if !e.known(id, src.Addr()) && (tcp || !e.chal.valid(id, now, time.Duration(lease)*time.Second, src, q)) {
+			setups.WithLabelValues("bad-challenge").Inc()
+			return fail(wire.NoSuchLLQ, 0)
+		}
+		answers, granted, err := e.establish(id, q, client, lease, udpSize, now)
+		if err != nil {
+			if err.code == wire.ServFull {
+				setups.WithLabelValues("serv-full").Inc()
+			}
+			return fail(err.code, err.lease)
+		}
+		return wire.NewOption(wire.OpSetup, wire.NoError, id, granted), answers
+
+	case wire.OpRefresh:
+		port := src.Port()
+		if tcp {
+			port = o.Error // 0 keeps the event port
+		}
+		granted, err := e.refresh(o.Id, q, src, port, o.LeaseLife, now)
+		if err != nil {
+			return fail(err.code, err.lease)
+		}
+		return wire.NewOption(wire.OpRefresh, wire.NoError, o.Id, granted), nil
+	}
+	return fail(wire.FormatErr, 0)
+}
+
+// precheck tells a client at setup time that a count limit would refuse its
+// LLQ, before it bothers with the challenge.
+func (e *Engine) precheck(addr netip.Addr) *setupError {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.admit(addr)
+}
+
+// known reports whether LLQ id exists for a client at addr: a repeated
+// challenge response (the ACK got lost) or one repeated over TCP after a
+// truncated ACK.
+func (e *Engine) known(id uint64, addr netip.Addr) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	s, ok := e.t.subs[id]
+	return ok && s.client.Addr() == addr
+}
+
+// ack handles a response arriving on the listener: the only ones a client
+// sends are event acknowledgements.
+func (e *Engine) ack(m *dns.Msg, src netip.AddrPort) {
+	if m.Opcode != dns.OpcodeQuery {
+		return
+	}
+	for _, o := range wire.Options(m) {
+		if o.Opcode == wire.OpEvent {
+			e.acknowledge(m.Id, o.Id, src)
+		}
+	}
+}
+
+func pack(m *dns.Msg) []byte {
+	b, err := m.Pack()
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+// formErrHeader answers a message that does not parse with a bare FORMERR
+// header, unless it claims to be a response (never answer those: two servers
+// could bounce errors forever).
+func formErrHeader(b []byte) []byte {
+	if len(b) < 12 || b[2]&0x80 != 0 {
+		return nil
+	}
+	return []byte{b[0], b[1], 0x80 | b[2]&0x78, dns.RcodeFormatError, 0, 0, 0, 0, 0, 0, 0, 0}
+}
+
+func countError(code uint16) {
+	if code != wire.NoError {
+		errorsSent.WithLabelValues(wire.ErrorName(code)).Inc()
+	}
+}

@@ -1,0 +1,43 @@
+package llq
+
+import "sync"
+
+// A Corefile reload builds new plugin instances, starts them, and only then
+// shuts the old ones down. Engines live here, keyed by listen address and
+// reference counted by instance, so the new instance takes over the running
+// engine, with its socket and every live LLQ, and the last instance to let
+// go closes it.
+var registry = struct {
+	sync.Mutex
+	engines map[string]*Engine
+}{engines: make(map[string]*Engine)}
+
+func acquire(cfg *config) (*Engine, error) {
+	registry.Lock()
+	defer registry.Unlock()
+	if e, ok := registry.engines[cfg.listen]; ok {
+		e.refs++
+		e.reconfigure(cfg)
+		return e, nil
+	}
+	e, err := newEngine(cfg)
+	if err != nil {
+		return nil, err
+	}
+	e.refs = 1
+	registry.engines[cfg.listen] = e
+	return e, nil
+}
+
+func release(e *Engine) {
+	registry.Lock()
+	e.refs--
+	last := e.refs == 0
+	if last {
+		delete(registry.engines, e.cfg.listen)
+	}
+	registry.Unlock()
+	if last {
+		e.close()
+	}
+}

@@ -1,0 +1,181 @@
+package llq
+
+import (
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/coredns/caddy"
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/plugin"
+	clog "github.com/coredns/coredns/plugin/pkg/log"
+	"github.com/miekg/dns"
+)
+
+var log = clog.NewWithPlugin("llq")
+
+func init() { plugin.Register("llq", setup) }
+
+func setup(c *caddy.Controller) error {
+	zones, cfg, err := parse(c)
+	if err != nil {
+		return plugin.Error("llq", err)
+	}
+	l := &LLQ{Zones: zones, cfg: cfg}
+	conf := dnsserver.GetConfig(c)
+
+	c.OnStartup(func() error {
+		e, err := acquire(cfg)
+		if err != nil {
+			return plugin.Error("llq", err)
+		}
+		l.setEngine(e)
+		e.register(&backend{owner: l, zones: zones, handler: below(conf, l)})
+		e.watch.add(probes(conf, l)...)
+		log.Infof("LLQ listener on %s for %v", e.Addr(), zones)
+		return nil
+	})
+	c.OnShutdown(func() error {
+		if e := l.engine(); e != nil {
+			e.watch.remove(l)
+			e.unregister(l)
+			release(e)
+			l.setEngine(nil)
+		}
+		return nil
+	})
+
+	conf.AddPlugin(func(next plugin.Handler) plugin.Handler {
+		l.Next = next
+		return l
+	})
+	return nil
+}
+
+// below returns the handler that re-resolves subscribed questions: the first
+// plugin after llq that is not cache, so that subscribers never see stale
+// cached answers.
+func below(conf *dnsserver.Config, l *LLQ) plugin.Handler {
+	hs := conf.Handlers()
+	for i, h := range hs {
+		if h != plugin.Handler(l) {
+			continue
+		}
+		for _, next := range hs[i+1:] {
+			if next.Name() != "cache" {
+				return next
+			}
+		}
+	}
+	return l.Next
+}
+
+func parse(c *caddy.Controller) ([]string, *config, error) {
+	cfg := defaultConfig()
+	var zones []string
+	i := 0
+	for c.Next() {
+		if i > 0 {
+			return nil, nil, plugin.ErrOnce
+		}
+		i++
+		zones = plugin.OriginsFromArgsOrServerBlock(c.RemainingArgs(), c.ServerBlockKeys)
+		for c.NextBlock() {
+			prop := c.Val()
+			args := c.RemainingArgs()
+			var err error
+			switch prop {
+			case "listen":
+				if len(args) != 1 {
+					return nil, nil, c.ArgErr()
+				}
+				cfg.listen = args[0]
+			case "lease":
+				if len(args) != 2 {
+					return nil, nil, c.ArgErr()
+				}
+				if cfg.minLease, err = duration(args[0]); err == nil {
+					cfg.maxLease, err = duration(args[1])
+				}
+				if err == nil && (cfg.minLease < time.Second || cfg.maxLease < cfg.minLease) {
+					err = fmt.Errorf("lease wants 1s <= MIN <= MAX, got %s %s", args[0], args[1])
+				}
+			case "max-llqs":
+				cfg.maxLLQs, err = count(args)
+			case "max-llqs-per-client":
+				cfg.maxPerClient, err = count(args)
+			case "setup-rate":
+				if len(args) < 1 || len(args) > 2 {
+					return nil, nil, c.ArgErr()
+				}
+				cfg.setupRate, err = strconv.ParseFloat(args[0], 64)
+				if err == nil && cfg.setupRate < 0 {
+					err = fmt.Errorf("negative setup rate %s", args[0])
+				}
+				cfg.setupBurst = max(1, int(cfg.setupRate))
+				if err == nil && len(args) == 2 {
+					cfg.setupBurst, err = count(args[1:])
+				}
+			case "retransmit":
+				if len(args) != 2 {
+					return nil, nil, c.ArgErr()
+				}
+				if cfg.retransmit, err = duration(args[0]); err == nil {
+					cfg.attempts, err = count(args[1:])
+				}
+				if err == nil && (cfg.retransmit <= 0 || cfg.attempts < 1) {
+					err = fmt.Errorf("retransmit wants INTERVAL > 0 and ATTEMPTS >= 1")
+				}
+			case "poll":
+				if len(args) != 1 {
+					return nil, nil, c.ArgErr()
+				}
+				cfg.poll, err = duration(args[0])
+			case "debounce":
+				if len(args) != 1 {
+					return nil, nil, c.ArgErr()
+				}
+				cfg.debounce, err = duration(args[0])
+			case "srv-target":
+				if len(args) != 1 {
+					return nil, nil, c.ArgErr()
+				}
+				if _, ok := dns.IsDomainName(args[0]); !ok {
+					err = fmt.Errorf("not a domain name: %q", args[0])
+				}
+				cfg.srvTarget = dns.Fqdn(args[0])
+			default:
+				return nil, nil, c.Errf("unknown property %q", prop)
+			}
+			if err != nil {
+				return nil, nil, c.Errf("%s: %v", prop, err)
+			}
+		}
+	}
+	return zones, cfg, nil
+}
+
+// duration reads a Go duration, or a bare number of seconds as in RFC 8764.
+func duration(s string) (time.Duration, error) {
+	if n, err := strconv.ParseUint(s, 10, 32); err == nil {
+		return time.Duration(n) * time.Second, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err == nil && d < 0 {
+		err = fmt.Errorf("negative duration %s", s)
+	}
+	return d, err
+}
+
+// count reads the single non-negative integer argument of a limit; 0 means
+// no limit.
+func count(args []string) (int, error) {
+	if len(args) != 1 {
+		return 0, fmt.Errorf("want one number, got %d arguments", len(args))
+	}
+	n, err := strconv.Atoi(args[0])
+	if err == nil && n < 0 {
+		err = fmt.Errorf("negative number %d", n)
+	}
+	return n, err
+}

@@ -1,0 +1,136 @@
+package llq
+
+import (
+	"sync"
+	"time"
+
+	"github.com/coredns/coredns/plugin/file"
+	"github.com/coredns/coredns/plugin/file/tree"
+	"github.com/miekg/dns"
+)
+
+// A zoneProbe lists the zones a zone-file backend (file, auto, secondary)
+// serves right now. Those plugins swap a zone's whole tree on every reload or
+// transfer, so a changed tree pointer is a cheap and exact change signal.
+type zoneProbe struct {
+	owner   *LLQ
+	trigger string
+	zones   func(yield func(origin string, z *file.Zone))
+}
+
+// watchers runs the native triggers (zone probes) and the poll fallback for
+// everything else, all from the engine's scheduler.
+type watchers struct {
+	e      *Engine
+	mu     sync.Mutex
+	probes []zoneProbe
+	seen   map[string]*tree.Tree // zone -> tree at the last scan
+	scan   *timer
+	poll   *timer
+	closed bool
+}
+
+// scanInterval is how often zone trees are compared. A scan is a read lock
+// and a pointer compare per zone.
+const scanInterval = 100 * time.Millisecond
+
+func newWatchers(e *Engine) *watchers {
+	w := &watchers{e: e, seen: make(map[string]*tree.Tree)}
+	w.scan = newTimer(w.scanZones)
+	w.poll = newTimer(w.pollAll)
+	return w
+}
+
+func (w *watchers) start() {
+	w.e.sched.schedule(w.scan, time.Now().Add(scanInterval))
+	w.armPoll()
+}
+
+func (w *watchers) armPoll() {
+	if p := w.e.config().poll; p > 0 {
+		w.e.sched.schedule(w.poll, time.Now().Add(p))
+	}
+}
+
+func (w *watchers) stop() {
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
+	w.e.sched.cancel(w.scan)
+	w.e.sched.cancel(w.poll)
+}
+
+func (w *watchers) add(probes ...zoneProbe) {
+	w.mu.Lock()
+	w.probes = append(w.probes, probes...)
+	w.mu.Unlock()
+}
+
+func (w *watchers) remove(owner *LLQ) {
+	w.mu.Lock()
+	kept := w.probes[:0]
+	for _, p := range w.probes {
+		if p.owner != owner {
+			kept = append(kept, p)
+		}
+	}
+	w.probes = kept
+	w.mu.Unlock()
+}
+
+// covers reports whether a zone probe watches name, in which case the poll
+// leaves it alone.
+func (w *watchers) covers(name string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for z := range w.seen {
+		if dns.IsSubDomain(z, name) {
+			return true
+		}
+	}
+	return false
+}
+
+func (w *watchers) scanZones() {
+	var changed []change
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return
+	}
+	now := make(map[string]*tree.Tree, len(w.seen))
+	for _, p := range w.probes {
+		p.zones(func(origin string, z *file.Zone) {
+			z.RLock()
+			t := z.Tree
+			z.RUnlock()
+			now[origin] = t
+			if old, ok := w.seen[origin]; !ok || old != t {
+				changed = append(changed, change{trigger: p.trigger, zone: origin})
+			}
+		})
+	}
+	for origin := range w.seen {
+		if _, ok := now[origin]; !ok { // an auto zone whose file went away
+			changed = append(changed, change{trigger: "auto", zone: origin})
+		}
+	}
+	w.seen = now
+	w.mu.Unlock()
+
+	for _, ch := range changed {
+		w.e.changes.mark(ch)
+	}
+	w.e.sched.schedule(w.scan, time.Now().Add(scanInterval))
+}
+
+func (w *watchers) pollAll() {
+	w.mu.Lock()
+	closed := w.closed
+	w.mu.Unlock()
+	if closed {
+		return
+	}
+	w.e.changes.mark(change{trigger: "poll", zone: ".", uncovered: true})
+	w.armPoll()
+}

@@ -1,0 +1,202 @@
+// Package wire holds the parts of RFC 8764 (DNS Long-Lived Queries) that the
+// server plugin and the client share: the option's constants, how to find the
+// LLQ options of a message, and how to write them. miekg/dns already packs and
+// unpacks the option itself (dns.EDNS0_LLQ) but names none of its values.
+package wire
+
+import (
+	"encoding/binary"
+	"errors"
+
+	"github.com/miekg/dns"
+)
+
+// Version is the only LLQ version there is.
+const Version = 1
+
+// OptionLen is the fixed length of the LLQ option data.
+const OptionLen = 18
+
+// LLQ opcodes (RFC 8764 section 3.2).
+const (
+	OpSetup   = 1
+	OpRefresh = 2
+	OpEvent   = 3
+)
+
+// LLQ error codes (RFC 8764 section 3.2).
+const (
+	NoError    = 0
+	ServFull   = 1
+	Static     = 2
+	FormatErr  = 3
+	NoSuchLLQ  = 4
+	BadVers    = 5
+	UnknownErr = 6
+)
+
+// RemoveTTL marks a removed record in an event.
+const RemoveTTL = 0xFFFFFFFF
+
+// ServiceLabel is prepended to a zone to find its LLQ server (RFC 8764 section 7).
+const ServiceLabel = "_dns-llq._udp."
+
+// DefaultPort is the port Apple's dnsextd used for LLQ (DNSEXTPort).
+const DefaultPort = 5352
+
+var errorNames = [...]string{"NO-ERROR", "SERV-FULL", "STATIC", "FORMAT-ERR", "NO-SUCH-LLQ", "BAD-VERS", "UNKNOWN-ERR"}
+
+// ErrorName returns the RFC name of an LLQ error code.
+func ErrorName(code uint16) string {
+	if int(code) < len(errorNames) {
+		return errorNames[code]
+	}
+	return "ERROR-" + itoa(code)
+}
+
+var opNames = [...]string{"", "SETUP", "REFRESH", "EVENT"}
+
+// OpName returns the RFC name of an LLQ opcode.
+func OpName(op uint16) string {
+	if op > 0 && int(op) < len(opNames) {
+		return opNames[op]
+	}
+	return "OPCODE-" + itoa(op)
+}
+
+func itoa(v uint16) string {
+	var b [5]byte
+	i := len(b)
+	for {
+		i--
+		b[i] = byte('0' + v%10)
+		v /= 10
+		if v == 0 {
+			return string(b[i:])
+		}
+	}
+}
+
+// Options returns the LLQ options of m in the order they appear, or nil when
+// m carries none.
+func Options(m *dns.Msg) []*dns.EDNS0_LLQ {
+	opt := m.IsEdns0()
+	if opt == nil {
+		return nil
+	}
+	var out []*dns.EDNS0_LLQ
+	for _, o := range opt.Option {
+		if l, ok := o.(*dns.EDNS0_LLQ); ok {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// NewOption returns an LLQ option with the given fields and version 1.
+func NewOption(op, code uint16, id uint64, lease uint32) *dns.EDNS0_LLQ {
+	return &dns.EDNS0_LLQ{Code: dns.EDNS0LLQ, Version: Version, Opcode: op, Error: code, Id: id, LeaseLife: lease}
+}
+
+// SetOptions replaces m's OPT record with one that carries exactly opts and
+// advertises udpSize.
+func SetOptions(m *dns.Msg, udpSize uint16, opts ...*dns.EDNS0_LLQ) {
+	RemoveOPT(m)
+	o := &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT, Class: udpSize}}
+	for _, l := range opts {
+		o.Option = append(o.Option, l)
+	}
+	m.Extra = append(m.Extra, o)
+}
+
+// RemoveOPT drops every OPT record from m's additional section.
+func RemoveOPT(m *dns.Msg) {
+	extra := m.Extra[:0]
+	for _, rr := range m.Extra {
+		if rr.Header().Rrtype != dns.TypeOPT {
+			extra = append(extra, rr)
+		}
+	}
+	m.Extra = extra
+}
+
+// ErrBadLength reports an LLQ option whose length is not 18: miekg/dns rejects
+// shorter ones on its own but silently accepts longer ones.
+var ErrBadLength = errors.New("LLQ option length is not 18")
+
+// CheckLengths walks the additional section of the raw message b and returns
+// ErrBadLength when an LLQ option (code 1) in an OPT record is not exactly 18
+// bytes long. It only looks at lengths: b must already have unpacked cleanly.
+func CheckLengths(b []byte) error {
+	if len(b) < 12 {
+		return dns.ErrShortRead
+	}
+	qd := int(binary.BigEndian.Uint16(b[4:]))
+	rrs := int(binary.BigEndian.Uint16(b[6:])) + int(binary.BigEndian.Uint16(b[8:]))
+	ar := int(binary.BigEndian.Uint16(b[10:]))
+	off := 12
+	var err error
+	for i := 0; i < qd; i++ {
+		if off, err = skipName(b, off); err != nil {
+			return err
+		}
+		off += 4
+	}
+	for i := 0; i < rrs+ar; i++ {
+		if off, err = skipName(b, off); err != nil {
+			return err
+		}
+		if off+10 > len(b) {
+			return dns.ErrShortRead
+		}
+		typ := binary.BigEndian.Uint16(b[off:])
+		rdlen := int(binary.BigEndian.Uint16(b[off+8:]))
+		off += 10
+		if off+rdlen > len(b) {
+			return dns.ErrShortRead
+		}
+		if i >= rrs && typ == dns.TypeOPT {
+			if err := checkOptionLengths(b[off : off+rdlen]); err != nil {
+				return err
+			}
+		}
+		off += rdlen
+	}
+	return nil
+}
+
+func checkOptionLengths(rdata []byte) error {
+	for len(rdata) >= 4 {
+		code := binary.BigEndian.Uint16(rdata)
+		n := int(binary.BigEndian.Uint16(rdata[2:]))
+		if code == dns.EDNS0LLQ && n != OptionLen {
+			return ErrBadLength
+		}
+		if 4+n > len(rdata) {
+			return dns.ErrShortRead
+		}
+		rdata = rdata[4+n:]
+	}
+	return nil
+}
+
+// skipName returns the offset just past the (possibly compressed) name at off.
+func skipName(b []byte, off int) (int, error) {
+	for {
+		if off >= len(b) {
+			return 0, dns.ErrShortRead
+		}
+		c := int(b[off])
+		switch c & 0xC0 {
+		case 0x00:
+			if c == 0 {
+				return off + 1, nil
+			}
+			off += 1 + c
+		case 0xC0:
+			return off + 2, nil
+		default:
+			return 0, dns.ErrRdata
+		}
+	}
+}
