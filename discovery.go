@@ -25,19 +25,18 @@ const targetLabel = "llq."
 // in what the backend does not have, and only for zone apexes. done is false
 // when the question is none of these.
 func (l *LLQ) discovery(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (rcode int, err error, done bool) {
-	e := l.engine()
-	if e == nil {
-		return 0, nil, false
-	}
 	q := r.Question[0]
-	name := strings.ToLower(q.Name)
 	var apex string
 	switch {
-	case q.Qtype == dns.TypeSRV && strings.HasPrefix(name, wire.ServiceLabel):
-		apex = name[len(wire.ServiceLabel):]
-	case q.Qtype != dns.TypeSRV && l.cfg.srvTarget == "" && strings.HasPrefix(name, targetLabel):
-		apex = name[len(targetLabel):]
+	case q.Qtype == dns.TypeSRV && hasPrefixFold(q.Name, wire.ServiceLabel):
+		apex = strings.ToLower(q.Name[len(wire.ServiceLabel):])
+	case q.Qtype != dns.TypeSRV && l.cfg.srvTarget == "" && hasPrefixFold(q.Name, targetLabel):
+		apex = strings.ToLower(q.Name[len(targetLabel):])
 	default:
+		return 0, nil, false
+	}
+	e := l.engine()
+	if e == nil {
 		return 0, nil, false
 	}
 	if plugin.Zones(l.Zones).Matches(apex) == "" {
@@ -142,4 +141,10 @@ func hasType(rrs []dns.RR, t uint16) bool {
 		}
 	}
 	return false
+}
+
+// hasPrefixFold is strings.HasPrefix ignoring ASCII case, without the
+// allocation of lower-casing every query name on the hot path.
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
 }
