@@ -26,12 +26,14 @@ type Engine struct {
 	changes *changeQueue
 	watch   *watchers
 
-	refs int // plugin instances using the engine; guarded by the registry lock
+	key  string // listen address it was created for; the registry's key
+	refs int    // plugin instances using the engine; guarded by the registry lock
 }
 
 func newEngine(cfg *config) (*Engine, error) {
 	e := &Engine{
 		cfg:     cfg,
+		key:     cfg.listen,
 		t:       newTable(),
 		sched:   newScheduler(),
 		chal:    newChallenger(),

@@ -1,12 +1,16 @@
 package llq
 
-import "sync"
+import (
+	"strings"
+	"sync"
+)
 
 // A Corefile reload builds new plugin instances, starts them, and only then
 // shuts the old ones down. Engines live here, keyed by listen address and
 // reference counted by instance, so the new instance takes over the running
 // engine, with its socket and every live LLQ, and the last instance to let
-// go closes it.
+// go closes it. An ephemeral port (":0") is never shared: every instance
+// asking for one gets its own engine, which is what tests want.
 var registry = struct {
 	sync.Mutex
 	engines map[string]*Engine
@@ -15,7 +19,8 @@ var registry = struct {
 func acquire(cfg *config) (*Engine, error) {
 	registry.Lock()
 	defer registry.Unlock()
-	if e, ok := registry.engines[cfg.listen]; ok {
+	shared := !strings.HasSuffix(cfg.listen, ":0")
+	if e, ok := registry.engines[cfg.listen]; ok && shared {
 		e.refs++
 		e.reconfigure(cfg)
 		return e, nil
@@ -25,7 +30,9 @@ func acquire(cfg *config) (*Engine, error) {
 		return nil, err
 	}
 	e.refs = 1
-	registry.engines[cfg.listen] = e
+	if shared {
+		registry.engines[cfg.listen] = e
+	}
 	return e, nil
 }
 
@@ -33,8 +40,8 @@ func release(e *Engine) {
 	registry.Lock()
 	e.refs--
 	last := e.refs == 0
-	if last {
-		delete(registry.engines, e.cfg.listen)
+	if last && registry.engines[e.key] == e {
+		delete(registry.engines, e.key)
 	}
 	registry.Unlock()
 	if last {
