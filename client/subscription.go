@@ -1,0 +1,237 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/llqdns/llq/wire"
+	"github.com/miekg/dns"
+)
+
+type state int
+
+const (
+	handshaking state = iota // challenge received, waiting for ACK+Answers
+	live
+	ended
+)
+
+// Subscription is one established LLQ.
+type Subscription struct {
+	c      *Client
+	q      dns.Question
+	id     uint64
+	events chan Event
+
+	// ctx ends with the subscription, which aborts an automatic refresh in
+	// flight instead of letting Close wait for its retransmissions.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
+	mu      sync.Mutex
+	state   state
+	lease   time.Duration // last granted
+	want    time.Duration // last requested; asked for again by automatic refreshes
+	answers answerSet
+	early   []Event     // events that overtook the ACK+Answers, not yet applied
+	timer   *time.Timer // next automatic refresh
+	err     error
+	dropped uint64
+}
+
+func newSubscription(c *Client, q dns.Question, id uint64, want time.Duration) *Subscription {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	return &Subscription{
+		c:      c,
+		q:      q,
+		id:     id,
+		events: make(chan Event, c.opts.EventBuffer),
+		ctx:    ctx,
+		cancel: cancel,
+		want:   want,
+	}
+}
+
+// ID returns the server-assigned LLQ ID.
+func (s *Subscription) ID() uint64 { return s.id }
+
+// Question returns the question the subscription watches.
+func (s *Subscription) Question() dns.Question { return s.q }
+
+// Lease returns the lease the server granted last.
+func (s *Subscription) Lease() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lease
+}
+
+// Answers returns a copy of the current answer set: the ACK+Answers with
+// every event since applied.
+func (s *Subscription) Answers() []dns.RR {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.answers.list()
+}
+
+// Events returns the channel that carries one Event per event packet. It is
+// closed when the subscription ends, by Close or because it was lost; Err
+// then says which.
+func (s *Subscription) Events() <-chan Event { return s.events }
+
+// Dropped returns how many events were discarded because the Events channel
+// was full. The answer set includes them anyway.
+func (s *Subscription) Dropped() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dropped
+}
+
+// Err returns why the subscription ended: ErrClosed after Close, otherwise
+// the failure that lost it (an *Error with Code wire.NoSuchLLQ means the
+// server forgot it and Subscribe may be tried again). It is nil while the
+// subscription is live.
+func (s *Subscription) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+func (s *Subscription) live() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state == live
+}
+
+// Refresh asks the server to extend the lease to lease from now and returns
+// what it granted; the automatic refresh is rescheduled from that. A
+// NO-SUCH-LLQ answer ends the subscription. Use Close, not a zero lease, to
+// terminate.
+func (s *Subscription) Refresh(ctx context.Context, lease time.Duration) (time.Duration, error) {
+	if lease <= 0 {
+		return 0, errors.New("llq: refresh needs a positive lease; Close terminates")
+	}
+	s.mu.Lock()
+	st, err := s.state, s.err
+	s.mu.Unlock()
+	if st == ended {
+		return 0, err
+	}
+	return s.refresh(ctx, lease)
+}
+
+func (s *Subscription) refresh(ctx context.Context, lease time.Duration) (time.Duration, error) {
+	m := s.c.request(s.q, wire.OpRefresh, s.id, leaseSeconds(lease))
+	r, err := s.c.exchange(ctx, m, "REFRESH")
+	if err != nil {
+		return 0, err
+	}
+	llq, err := checkReply(r, wire.OpRefresh)
+	if err != nil {
+		if e := (*Error)(nil); errors.As(err, &e) && e.Code == wire.NoSuchLLQ {
+			s.end(err)
+		}
+		return 0, err
+	}
+	if llq.Id != s.id {
+		return 0, fmt.Errorf("%w: REFRESH reply is for LLQ %#x, not %#x", ErrProtocol, llq.Id, s.id)
+	}
+	if llq.LeaseLife == 0 {
+		// The server has dropped the LLQ as if we had terminated it.
+		err := fmt.Errorf("%w: server granted lease 0 to a REFRESH", ErrProtocol)
+		s.end(err)
+		return 0, err
+	}
+	granted := time.Duration(llq.LeaseLife) * time.Second
+	s.mu.Lock()
+	if s.state == live {
+		s.lease, s.want = granted, lease
+		s.timer.Reset(s.refreshIn(granted))
+	}
+	s.mu.Unlock()
+	return granted, nil
+}
+
+// autoRefresh runs from the lease timer. Losing the refresh loses the
+// subscription: it is ended so that the owner sees Events close and can
+// decide whether to Subscribe again.
+func (s *Subscription) autoRefresh() {
+	s.mu.Lock()
+	st, want := s.state, s.want
+	s.mu.Unlock()
+	if st != live {
+		return
+	}
+	if _, err := s.refresh(s.ctx, want); err != nil {
+		s.end(fmt.Errorf("llq: refresh of LLQ %#x failed, subscription lost: %w", s.id, err))
+	}
+}
+
+func (s *Subscription) refreshIn(lease time.Duration) time.Duration {
+	return time.Duration(float64(lease) * s.c.opts.RefreshAt)
+}
+
+// Close terminates the LLQ: it stops the subscription locally (Events is
+// closed, Err becomes ErrClosed), then sends a REFRESH with lease 0 and
+// waits for the reply, retransmitting like a setup. A NO-SUCH-LLQ reply
+// counts as success. Closing an ended subscription does nothing.
+func (s *Subscription) Close() error {
+	if !s.end(ErrClosed) {
+		return nil
+	}
+	m := s.c.request(s.q, wire.OpRefresh, s.id, 0)
+	r, err := s.c.exchange(context.Background(), m, "terminate")
+	if err != nil {
+		return err
+	}
+	if _, err := checkReply(r, wire.OpRefresh); err != nil {
+		if e := (*Error)(nil); errors.As(err, &e) && e.Code == wire.NoSuchLLQ {
+			return nil
+		}
+		return err
+	}
+	return nil
+}
+
+// establish installs the ACK+Answers and starts the lease timer. Events that
+// arrived before it are applied now, in order, on top of the initial set,
+// and returned. ok is false when the subscription ended meanwhile.
+func (s *Subscription) establish(answers []dns.RR, lease time.Duration) (early []Event, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state != handshaking {
+		return nil, false
+	}
+	s.state = live
+	s.lease = lease
+	s.answers = newAnswerSet(answers)
+	s.timer = time.AfterFunc(s.refreshIn(lease), s.autoRefresh)
+	early, s.early = s.early, nil
+	for i := range early {
+		early[i] = s.applyLocked(early[i])
+	}
+	return early, true
+}
+
+// end stops the subscription with err and reports whether this call did it.
+func (s *Subscription) end(err error) bool {
+	s.mu.Lock()
+	if s.state == ended {
+		s.mu.Unlock()
+		return false
+	}
+	s.state = ended
+	s.err = err
+	if s.timer != nil {
+		s.timer.Stop()
+	}
+	s.early = nil
+	close(s.events)
+	s.mu.Unlock()
+
+	s.cancel(err)
+	s.c.removeSub(s)
+	return true
+}

@@ -1,0 +1,272 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/llqdns/llq/client"
+	"github.com/llqdns/llq/wire"
+	"github.com/miekg/dns"
+)
+
+const watchHelp = `usage: llq watch NAME [TYPE] [@SERVER[:PORT]] [flags]
+
+Sets up a Long-Lived Query for NAME (TYPE defaults to A) and prints the
+answers as they change, one line each, until SIGINT or SIGTERM; then it
+terminates the LLQ. With @SERVER it talks LLQ to SERVER (port %d unless
+given); otherwise it discovers the zone's LLQ server through the resolver.
+
+Output, each line stamped with the time in RFC 3339 UTC with milliseconds:
+  TIME ANSWER RR    the answers when the LLQ was set up
+  TIME ADD RR       a record added later
+  TIME REMOVE RR    a record removed later
+
+Flags may come before, between or after the arguments:
+`
+
+// timeFormat is RFC 3339 with milliseconds.
+const timeFormat = "2006-01-02T15:04:05.000Z07:00"
+
+type watchArgs struct {
+	q        dns.Question
+	server   string // "@" argument without the "@"; empty to discover
+	resolver string
+	timeout  time.Duration
+	opts     client.Options
+}
+
+func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	w, err := parseWatch(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "llq watch: %v\n", err)
+		return exitUsage
+	}
+	return w.run(ctx, stdout, stderr)
+}
+
+func parseWatch(args []string, stderr io.Writer) (*watchArgs, error) {
+	w := &watchArgs{}
+	fs := flag.NewFlagSet("watch", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, watchHelp, wire.DefaultPort)
+		fs.PrintDefaults()
+		fmt.Fprintf(stderr, "\n%s\n", exitCodesHelp)
+	}
+	fs.DurationVar(&w.opts.Lease, "lease", client.DefaultLease, "lease to request; the server may grant less")
+	fs.StringVar(&w.resolver, "resolver", "", "DNS `resolver` for discovery, host[:port] (default: first nameserver in /etc/resolv.conf, port 53)")
+	fs.DurationVar(&w.timeout, "timeout", time.Minute, "limit on discovery plus LLQ setup (0: only the RFC retransmission limits)")
+	fs.StringVar(&w.opts.LocalAddr, "local", "", "local UDP `address` to bind, e.g. 127.0.0.2:0")
+	fs.DurationVar(&w.opts.RetryInterval, "retry", client.DefaultRetryInterval, "wait before the first retransmission; the next waits double")
+	udpSize := fs.Uint("udpsize", client.DefaultUDPSize, "EDNS0 UDP payload size to advertise")
+
+	// The flag package stops at the first argument; LLQ users write flags
+	// after the name as dig users do.
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	if *udpSize < 512 || *udpSize > 65535 {
+		return nil, fmt.Errorf("-udpsize %d is not between 512 and 65535", *udpSize)
+	}
+	w.opts.UDPSize = uint16(*udpSize)
+	if w.opts.Lease < time.Second {
+		return nil, fmt.Errorf("-lease %s is under a second", w.opts.Lease)
+	}
+	if w.opts.RetryInterval <= 0 {
+		return nil, fmt.Errorf("-retry %s is not positive", w.opts.RetryInterval)
+	}
+
+	var name, typ string
+	for _, a := range pos {
+		switch {
+		case strings.HasPrefix(a, "@") && w.server == "":
+			w.server = a[1:]
+		case name == "":
+			name = a
+		case typ == "":
+			typ = a
+		default:
+			return nil, fmt.Errorf("unexpected argument %q (see llq watch -h)", a)
+		}
+	}
+	if name == "" {
+		return nil, errors.New("missing NAME (see llq watch -h)")
+	}
+	if _, ok := dns.IsDomainName(name); !ok {
+		return nil, fmt.Errorf("%q is not a domain name", name)
+	}
+	qtype := dns.TypeA
+	if typ != "" {
+		var err error
+		if qtype, err = parseType(typ); err != nil {
+			return nil, err
+		}
+	}
+	w.q = dns.Question{Name: dns.Fqdn(name), Qtype: qtype, Qclass: dns.ClassINET}
+	return w, nil
+}
+
+func parseType(s string) (uint16, error) {
+	u := strings.ToUpper(s)
+	if t, ok := dns.StringToType[u]; ok {
+		return t, nil
+	}
+	if n, ok := strings.CutPrefix(u, "TYPE"); ok {
+		if t, err := strconv.ParseUint(n, 10, 16); err == nil {
+			return uint16(t), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown record type %q", s)
+}
+
+func (w *watchArgs) run(ctx context.Context, stdout, stderr io.Writer) int {
+	qs := w.q.Name + " " + dns.TypeToString[w.q.Qtype]
+	fail := func(err error, where string) int {
+		fmt.Fprintf(stderr, "llq watch: %s\n", explain(err, where))
+		return exitCode(err)
+	}
+
+	setupCtx := ctx
+	if w.timeout > 0 {
+		var cancel context.CancelFunc
+		setupCtx, cancel = context.WithTimeout(ctx, w.timeout)
+		defer cancel()
+	}
+
+	server, err := w.findServer(setupCtx, stderr)
+	if err != nil {
+		if ctx.Err() != nil {
+			return exitOK
+		}
+		return fail(err, qs)
+	}
+	where := qs + " at " + server.String()
+
+	c, err := client.Dial(server, w.opts)
+	if err != nil {
+		return fail(err, where)
+	}
+	sub, err := c.Subscribe(setupCtx, w.q)
+	if err != nil {
+		c.Close()
+		if ctx.Err() != nil {
+			return exitOK // interrupted during setup
+		}
+		return fail(err, where)
+	}
+	fmt.Fprintf(stderr, "llq watch: LLQ %#x for %s at %s, lease %s\n", sub.ID(), qs, server, sub.Lease())
+	now := time.Now()
+	for _, rr := range sub.Answers() {
+		printRR(stdout, now, "ANSWER", rr)
+	}
+
+	var dropped uint64
+	for {
+		select {
+		case ev, ok := <-sub.Events():
+			if !ok {
+				err := sub.Err()
+				c.Close()
+				return fail(err, where)
+			}
+			for _, rr := range ev.Removed {
+				printRR(stdout, ev.Time, "REMOVE", rr)
+			}
+			for _, rr := range ev.Added {
+				printRR(stdout, ev.Time, "ADD", rr)
+			}
+			if d := sub.Dropped(); d != dropped {
+				fmt.Fprintf(stderr, "llq watch: output fell behind; %d event(s) skipped\n", d-dropped)
+				dropped = d
+			}
+		case <-ctx.Done():
+			fmt.Fprintf(stderr, "llq watch: terminating LLQ %#x\n", sub.ID())
+			err := sub.Close()
+			c.Close()
+			if err != nil {
+				fmt.Fprintf(stderr, "llq watch: %s (the server drops the LLQ when its lease runs out)\n", explain(err, where))
+			}
+			return exitOK
+		}
+	}
+}
+
+// findServer returns the @SERVER argument's address, or discovers the LLQ
+// server through the resolver.
+func (w *watchArgs) findServer(ctx context.Context, stderr io.Writer) (netip.AddrPort, error) {
+	if w.server != "" {
+		return parseServer(ctx, w.server, wire.DefaultPort)
+	}
+	resolver := w.resolver
+	if resolver == "" {
+		conf, err := dns.ClientConfigFromFile("/etc/resolv.conf")
+		if err != nil || len(conf.Servers) == 0 {
+			return netip.AddrPort{}, fmt.Errorf("no resolver for discovery (give -resolver or @SERVER): %v", err)
+		}
+		resolver = net.JoinHostPort(conf.Servers[0], conf.Port)
+	} else if _, _, err := net.SplitHostPort(resolver); err != nil {
+		resolver = net.JoinHostPort(strings.Trim(resolver, "[]"), "53")
+	}
+	server, zone, err := client.Discover(ctx, resolver, w.q.Name)
+	if err != nil {
+		return server, err
+	}
+	fmt.Fprintf(stderr, "llq watch: zone %s, LLQ server %s (via %s)\n", zone, server, resolver)
+	return server, nil
+}
+
+// parseServer accepts an address with or without port ("192.0.2.1",
+// "[2001:db8::1]:5352", "2001:db8::1") or a host name, which the system
+// resolver looks up.
+func parseServer(ctx context.Context, s string, defPort uint16) (netip.AddrPort, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap, nil
+	}
+	host, port := strings.Trim(s, "[]"), defPort
+	if h, p, err := net.SplitHostPort(s); err == nil {
+		n, err := strconv.ParseUint(p, 10, 16)
+		if err != nil {
+			return netip.AddrPort{}, fmt.Errorf("bad port in @%s", s)
+		}
+		host, port = h, uint16(n)
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		return netip.AddrPortFrom(a, port), nil
+	}
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("looking up @%s: %w", s, err)
+	}
+	// Prefer IPv4: dnsextd, the one LLQ server deployed widely, has no IPv6.
+	best := addrs[0]
+	for _, a := range addrs {
+		if a.Unmap().Is4() {
+			best = a
+			break
+		}
+	}
+	return netip.AddrPortFrom(best.Unmap(), port), nil
+}
+
+func printRR(w io.Writer, t time.Time, verb string, rr dns.RR) {
+	fmt.Fprintf(w, "%s %s %s\n", t.UTC().Format(timeFormat), verb, strings.ReplaceAll(rr.String(), "\t", " "))
+}
