@@ -33,7 +33,7 @@ func defaultConfig() *config {
 		retransmit:     2 * time.Second,
 		attempts:       5,
 		poll:           30 * time.Second,
-		debounce:       10 * time.Millisecond,
+		debounce:       5 * time.Millisecond,
 		udpSize:        1232,
 		fullRetryAfter: 5 * time.Minute,
 	}

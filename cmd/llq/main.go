@@ -1,6 +1,7 @@
 // Command llq is a client for DNS Long-Lived Queries (RFC 8764).
 //
 //	llq watch NAME [TYPE] [@SERVER[:PORT]] [flags]
+//	llq bench @SERVER[:PORT] [flags]
 //
 // Each subcommand lives in its own file and registers in commands.
 package main
@@ -23,6 +24,7 @@ type command struct {
 
 var commands = []command{
 	{"watch", "NAME [TYPE] [@SERVER[:PORT]] [flags]", "follow the answers to a question live over LLQ", runWatch},
+	{"bench", "@SERVER[:PORT] [flags]", "load an LLQ server with many clients and report the figures", runBench},
 }
 
 func main() {

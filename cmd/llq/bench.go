@@ -1,0 +1,762 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/llqdns/llq/wire"
+	"github.com/miekg/dns"
+)
+
+const benchHelp = `usage: llq bench @SERVER[:PORT] [flags]
+
+Drives many LLQ clients against SERVER: full four-way setups, event acks,
+refreshes and terminations, with optional packet loss in both directions.
+LLQ i asks for the name -name formats with i %% -names, from socket
+i %% -sockets; sockets are spread over -addrs loopback source addresses so
+that per-address limits are not what is measured.
+
+With -zone the bench owns the zone file the server reads: it writes it at
+start and then toggles "NAME A 198.51.100.1" on name 0 every -change-every,
+bumping the serial; with -dns it polls the ordinary port to learn when the
+backend shows each change, and reports event latency from there.
+
+Flags:
+`
+
+type benchArgs struct {
+	server      netip.AddrPort
+	llqs        int
+	sockets     int
+	addrs       int
+	names       int
+	name        string
+	qtype       uint16
+	window      int
+	lease       time.Duration
+	hold        time.Duration
+	loss        float64
+	retry       time.Duration
+	zone        string
+	changeEvery time.Duration
+	dnsAddr     string
+	pid         int
+	report      time.Duration
+}
+
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	b, err := parseBench(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "llq bench: %v\n", err)
+		return exitUsage
+	}
+	if err := b.run(ctx, stdout); err != nil {
+		fmt.Fprintf(stderr, "llq bench: %v\n", err)
+		return exitFailure
+	}
+	return exitOK
+}
+
+func parseBench(args []string, stderr io.Writer) (*benchArgs, error) {
+	b := &benchArgs{}
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprintf(stderr, benchHelp); fs.PrintDefaults() }
+	fs.IntVar(&b.llqs, "llqs", 1000, "LLQs to set up")
+	fs.IntVar(&b.sockets, "sockets", 100, "client UDP sockets")
+	fs.IntVar(&b.addrs, "addrs", 50, "loopback source addresses (127.1.x.y) to spread the sockets over")
+	fs.IntVar(&b.names, "names", 0, "distinct question names (default: -llqs)")
+	fs.StringVar(&b.name, "name", "n%d.example.org.", "question name, formatted with the name index")
+	qtype := fs.String("type", "A", "question type")
+	fs.IntVar(&b.window, "window", 16, "handshakes in flight per socket")
+	fs.DurationVar(&b.lease, "lease", time.Hour, "lease to request")
+	fs.DurationVar(&b.hold, "hold", 0, "keep the LLQs (acking events, refreshing) this long after set-up")
+	fs.Float64Var(&b.loss, "loss", 0, "fraction of packets lost in each direction")
+	fs.DurationVar(&b.retry, "retry", 2*time.Second, "handshake retransmission interval")
+	fs.StringVar(&b.zone, "zone", "", "zone file to own and change (see above)")
+	fs.DurationVar(&b.changeEvery, "change-every", time.Second, "interval between zone changes with -zone")
+	fs.StringVar(&b.dnsAddr, "dns", "", "ordinary DNS address of the server, to time when the backend shows a change")
+	fs.IntVar(&b.pid, "pid", 0, "server process ID, to report its RSS and CPU time")
+	fs.DurationVar(&b.report, "report", time.Second, "progress report interval")
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	if len(pos) != 1 || !strings.HasPrefix(pos[0], "@") {
+		fs.Usage()
+		return nil, errors.New("want exactly one @SERVER[:PORT]")
+	}
+	server, err := parseServer(context.Background(), pos[0][1:], wire.DefaultPort)
+	if err != nil {
+		return nil, err
+	}
+	b.server = server
+	t, ok := dns.StringToType[strings.ToUpper(*qtype)]
+	if !ok {
+		return nil, fmt.Errorf("unknown type %q", *qtype)
+	}
+	b.qtype = t
+	if b.names <= 0 {
+		b.names = b.llqs
+	}
+	if b.sockets <= 0 || b.llqs <= 0 || b.addrs <= 0 || b.window <= 0 {
+		return nil, errors.New("-llqs, -sockets, -addrs and -window must be positive")
+	}
+	if b.sockets > b.llqs {
+		b.sockets = b.llqs
+	}
+	// A socket asking the same question twice would reach the same LLQ.
+	if lcm(b.sockets, b.names) < b.llqs {
+		return nil, fmt.Errorf("-sockets %d and -names %d repeat a question on a socket before %d LLQs; raise one of them", b.sockets, b.names, b.llqs)
+	}
+	return b, nil
+}
+
+func lcm(a, b int) int {
+	x, y := a, b
+	for y != 0 {
+		x, y = y, x%y
+	}
+	return a / x * b
+}
+
+// benchLLQ is one LLQ's state in the load generator.
+type benchLLQ struct {
+	q       dns.Question
+	name    int // name index
+	state   int32
+	msgID   uint16
+	id      uint64
+	lease   uint32
+	start   time.Time
+	sent    time.Time
+	tries   int
+	refresh time.Time
+}
+
+const (
+	stIdle = iota
+	stSetup
+	stChallenge
+	stLive
+	stFailed
+	stTerminating
+	stDone
+)
+
+type benchStats struct {
+	challenged, established, failed, retransmitted atomic.Int64
+	events, acks, refreshes, terminated, sent      atomic.Int64
+	errs                                           [8]atomic.Int64
+	mu                                             sync.Mutex
+	setupLatency                                   []time.Duration
+	eventFromVisible, eventFromWrite               []time.Duration
+}
+
+// change is one zone edit made by the bench, with the time the zone file was
+// written and the time the ordinary port first answered with it.
+type change struct {
+	add              bool
+	written, visible time.Time
+}
+
+type benchSocket struct {
+	b     *benchArgs
+	conn  *net.UDPConn
+	llqs  []*benchLLQ
+	mu    sync.Mutex
+	byMsg map[uint16]*benchLLQ
+	byID  map[uint64]*benchLLQ
+	st    *benchStats
+	ch    *changeLog
+}
+
+type changeLog struct {
+	mu      sync.Mutex
+	changes []change
+}
+
+func (c *changeLog) match(add bool, at time.Time) (change, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := len(c.changes) - 1; i >= 0; i-- {
+		if ch := c.changes[i]; ch.add == add && !ch.written.After(at) {
+			return ch, true
+		}
+	}
+	return change{}, false
+}
+
+func (b *benchArgs) run(ctx context.Context, out io.Writer) error {
+	st := &benchStats{}
+	cl := &changeLog{}
+	socks := make([]*benchSocket, b.sockets)
+	for i := range socks {
+		local := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}
+		if b.server.Addr().Is4() && b.server.Addr().IsLoopback() && b.addrs > 1 {
+			a := i % b.addrs
+			local.IP = net.IPv4(127, 1, byte(a/250), byte(a%250+1))
+		}
+		conn, err := net.ListenUDP("udp", local)
+		if err != nil {
+			return fmt.Errorf("socket %d: %w", i, err)
+		}
+		defer conn.Close()
+		conn.SetReadBuffer(1 << 20)
+		socks[i] = &benchSocket{b: b, conn: conn, byMsg: map[uint16]*benchLLQ{}, byID: map[uint64]*benchLLQ{}, st: st, ch: cl}
+	}
+	for i := 0; i < b.llqs; i++ {
+		n := i % b.names
+		q := dns.Question{Name: dns.Fqdn(fmt.Sprintf(b.name, n)), Qtype: b.qtype, Qclass: dns.ClassINET}
+		s := socks[i%b.sockets]
+		s.llqs = append(s.llqs, &benchLLQ{q: q, name: n})
+	}
+	if b.zone != "" {
+		if err := b.writeZone(0, false); err != nil {
+			return err
+		}
+		if b.dnsAddr != "" {
+			if _, ok := b.waitVisible(ctx, false, 10*time.Second); !ok {
+				return fmt.Errorf("%s does not serve the bench zone %s", b.dnsAddr, b.zone)
+			}
+		}
+	}
+	cpu0, _ := procCPU(b.pid)
+	rss0, _ := procRSS(b.pid)
+
+	var wg sync.WaitGroup
+	for _, s := range socks {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.read() }()
+	}
+	start := time.Now()
+	setupCtx, cancel := context.WithCancel(ctx)
+	var drive sync.WaitGroup
+	for _, s := range socks {
+		drive.Add(1)
+		go func() { defer drive.Done(); s.setupAll(setupCtx) }()
+	}
+	stopReport := b.progress(out, st, start)
+	drive.Wait()
+	cancel()
+	setupTime := time.Since(start)
+	cpu1, _ := procCPU(b.pid)
+	rss1, _ := procRSS(b.pid)
+
+	if b.hold > 0 {
+		holdCtx, stop := context.WithTimeout(ctx, b.hold)
+		var hold sync.WaitGroup
+		for _, s := range socks {
+			hold.Add(1)
+			go func() { defer hold.Done(); s.keepAlive(holdCtx) }()
+		}
+		if b.zone != "" {
+			b.changeLoop(holdCtx, cl)
+		}
+		<-holdCtx.Done()
+		stop()
+		hold.Wait()
+	}
+	cpu2, _ := procCPU(b.pid)
+	stopReport()
+
+	termStart := time.Now()
+	var term sync.WaitGroup
+	for _, s := range socks {
+		term.Add(1)
+		go func() { defer term.Done(); s.terminateAll(context.Background()) }()
+	}
+	term.Wait()
+	termTime := time.Since(termStart)
+	for _, s := range socks {
+		s.conn.Close()
+	}
+	wg.Wait()
+
+	b.summary(out, st, setupTime, termTime, cpu1-cpu0, cpu2-cpu1, rss0, rss1)
+	return nil
+}
+
+// setupAll runs the four-way handshake for every LLQ of the socket, keeping
+// -window handshakes in flight and retransmitting as RFC 8764 asks.
+func (s *benchSocket) setupAll(ctx context.Context) {
+	next := 0
+	inflight := 0
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		s.mu.Lock()
+		inflight = 0
+		done := 0
+		now := time.Now()
+		for _, l := range s.llqs[:next] {
+			switch l.state {
+			case stSetup, stChallenge:
+				inflight++
+				if now.Sub(l.sent) > s.b.retry<<uint(l.tries-1) {
+					if l.tries >= 3 {
+						l.state = stFailed
+						s.st.failed.Add(1)
+						s.st.errs[7].Add(1)
+						continue
+					}
+					l.tries++
+					s.st.retransmitted.Add(1)
+					s.sendLocked(l, now)
+				}
+			default:
+				done++
+			}
+		}
+		for next < len(s.llqs) && inflight < s.b.window {
+			l := s.llqs[next]
+			next++
+			l.state, l.start, l.tries = stSetup, now, 1
+			s.sendLocked(l, now)
+			inflight++
+		}
+		s.mu.Unlock()
+		if done == len(s.llqs) || ctx.Err() != nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// sendLocked sends l's next handshake or refresh message. Call with s.mu held.
+func (s *benchSocket) sendLocked(l *benchLLQ, now time.Time) {
+	delete(s.byMsg, l.msgID)
+	for { // IDs must be unique among the socket's outstanding messages
+		l.msgID = dns.Id()
+		if _, taken := s.byMsg[l.msgID]; !taken {
+			break
+		}
+	}
+	s.byMsg[l.msgID] = l
+	l.sent = now
+	m := new(dns.Msg)
+	m.Id = l.msgID
+	m.Question = []dns.Question{l.q}
+	var o *dns.EDNS0_LLQ
+	lease := uint32(s.b.lease / time.Second)
+	switch l.state {
+	case stSetup:
+		o = wire.NewOption(wire.OpSetup, 0, 0, lease)
+	case stChallenge:
+		o = wire.NewOption(wire.OpSetup, 0, l.id, l.lease)
+	case stLive:
+		o = wire.NewOption(wire.OpRefresh, 0, l.id, lease)
+	case stTerminating:
+		o = wire.NewOption(wire.OpRefresh, 0, l.id, 0)
+	default:
+		return
+	}
+	wire.SetOptions(m, 1232, o)
+	s.write(m)
+}
+
+func (s *benchSocket) write(m *dns.Msg) {
+	if s.b.loss > 0 && rand.Float64() < s.b.loss {
+		return
+	}
+	b, err := m.Pack()
+	if err != nil {
+		return
+	}
+	s.st.sent.Add(1)
+	s.conn.WriteToUDPAddrPort(b, s.b.server)
+}
+
+func (s *benchSocket) read() {
+	buf := make([]byte, 65535)
+	for {
+		n, from, err := s.conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		now := time.Now()
+		if from.Port() != s.b.server.Port() || (s.b.loss > 0 && rand.Float64() < s.b.loss) {
+			continue
+		}
+		m := new(dns.Msg)
+		if m.Unpack(buf[:n]) != nil {
+			continue
+		}
+		opts := wire.Options(m)
+		if len(opts) != 1 {
+			continue
+		}
+		if opts[0].Opcode == wire.OpEvent {
+			s.event(m, opts[0], now)
+			continue
+		}
+		s.reply(m, opts[0], now)
+	}
+}
+
+func (s *benchSocket) reply(m *dns.Msg, o *dns.EDNS0_LLQ, now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l, ok := s.byMsg[m.Id]
+	if !ok {
+		return
+	}
+	delete(s.byMsg, m.Id)
+	if l.state == stTerminating && o.Error == wire.NoSuchLLQ {
+		// The reply to an earlier copy of this terminate got lost.
+		l.state = stDone
+		s.st.terminated.Add(1)
+		return
+	}
+	if o.Error != wire.NoError || m.Rcode != dns.RcodeSuccess {
+		code := int(o.Error)
+		if code == 0 || code >= len(s.st.errs) {
+			code = wire.UnknownErr
+		}
+		s.st.errs[code].Add(1)
+		if l.state == stSetup || l.state == stChallenge {
+			l.state = stFailed
+			s.st.failed.Add(1)
+		} else {
+			l.state = stDone
+		}
+		return
+	}
+	switch l.state {
+	case stSetup:
+		l.id, l.lease = o.Id, o.LeaseLife
+		l.state, l.tries = stChallenge, 1
+		s.st.challenged.Add(1)
+		s.sendLocked(l, now)
+	case stChallenge:
+		if m.Truncated {
+			l.state = stFailed // the bench does not fetch big answer sets over TCP
+			s.st.failed.Add(1)
+			return
+		}
+		l.state = stLive
+		l.lease = o.LeaseLife
+		l.refresh = now.Add(time.Duration(l.lease) * time.Second * 8 / 10)
+		s.byID[l.id] = l
+		s.st.established.Add(1)
+		s.st.mu.Lock()
+		s.st.setupLatency = append(s.st.setupLatency, now.Sub(l.start))
+		s.st.mu.Unlock()
+	case stLive:
+		s.st.refreshes.Add(1)
+		l.lease = o.LeaseLife
+		l.refresh = now.Add(time.Duration(l.lease) * time.Second * 8 / 10)
+	case stTerminating:
+		l.state = stDone
+		s.st.terminated.Add(1)
+	}
+}
+
+// event acknowledges an event packet and, when the bench made the change,
+// records how long it took to arrive.
+func (s *benchSocket) event(m *dns.Msg, o *dns.EDNS0_LLQ, now time.Time) {
+	s.mu.Lock()
+	_, ok := s.byID[o.Id]
+	s.mu.Unlock()
+	if !ok {
+		return
+	}
+	s.st.events.Add(1)
+	ack := new(dns.Msg)
+	ack.Id = m.Id
+	ack.Response = true
+	ack.Question = m.Question
+	wire.SetOptions(ack, 1232, wire.NewOption(wire.OpEvent, 0, o.Id, o.LeaseLife))
+	s.write(ack)
+	s.st.acks.Add(1)
+	for _, rr := range m.Answer {
+		a, ok := rr.(*dns.A)
+		if !ok || !a.A.Equal(net.IPv4(198, 51, 100, 1)) {
+			continue
+		}
+		if ch, ok := s.ch.match(rr.Header().Ttl != wire.RemoveTTL, now); ok && !ch.visible.IsZero() {
+			s.st.mu.Lock()
+			s.st.eventFromWrite = append(s.st.eventFromWrite, now.Sub(ch.written))
+			s.st.eventFromVisible = append(s.st.eventFromVisible, now.Sub(ch.visible))
+			s.st.mu.Unlock()
+		}
+	}
+}
+
+// keepAlive refreshes LLQs at 80 % of their lease until ctx ends.
+func (s *benchSocket) keepAlive(ctx context.Context) {
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			s.mu.Lock()
+			for _, l := range s.llqs {
+				if l.state == stLive && now.After(l.refresh) {
+					l.refresh = now.Add(s.b.retry)
+					s.sendLocked(l, now)
+				}
+			}
+			s.mu.Unlock()
+		}
+	}
+}
+
+func (s *benchSocket) terminateAll(ctx context.Context) {
+	deadline := time.Now().Add(3 * s.b.retry)
+	for time.Now().Before(deadline) {
+		pending := 0
+		s.mu.Lock()
+		now := time.Now()
+		for _, l := range s.llqs {
+			if l.state == stLive || (l.state == stTerminating && now.Sub(l.sent) > s.b.retry) {
+				l.state = stTerminating
+				s.sendLocked(l, now)
+			}
+			if l.state == stTerminating {
+				pending++
+			}
+		}
+		s.mu.Unlock()
+		if pending == 0 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// writeZone writes the bench's zone: name i has address 192.0.2.(i%250+1),
+// and name 0 also 198.51.100.1 when extra is set.
+func (b *benchArgs) writeZone(serial uint32, extra bool) error {
+	origin := zoneOf(b.name)
+	var sb strings.Builder
+	// Serials from the clock stay above whatever the file held before.
+	serial += uint32(time.Now().Unix() - 1.7e9)
+	fmt.Fprintf(&sb, "$ORIGIN %s\n$TTL 3600\n@ IN SOA ns1 hostmaster %d 7200 3600 1209600 3600\n  IN NS ns1\nns1 IN A 127.0.0.1\n", origin, serial)
+	for i := 0; i < b.names; i++ {
+		fmt.Fprintf(&sb, "%s IN A 192.0.2.%d\n", dns.Fqdn(fmt.Sprintf(b.name, i)), i%250+1)
+	}
+	if extra {
+		fmt.Fprintf(&sb, "%s IN A 198.51.100.1\n", dns.Fqdn(fmt.Sprintf(b.name, 0)))
+	}
+	tmp := b.zone + ".tmp"
+	if err := os.WriteFile(tmp, []byte(sb.String()), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, b.zone)
+}
+
+func zoneOf(name string) string {
+	labels := dns.SplitDomainName(dns.Fqdn(name))
+	if len(labels) < 2 {
+		return "."
+	}
+	return dns.Fqdn(strings.Join(labels[1:], "."))
+}
+
+// changeLoop toggles the extra record of name 0 every -change-every and
+// polls the ordinary port to learn when the backend serves each change.
+func (b *benchArgs) changeLoop(ctx context.Context, cl *changeLog) {
+	tick := time.NewTicker(b.changeEvery)
+	defer tick.Stop()
+	var serial uint32 = 1
+	add := true
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if err := b.writeZone(serial, add); err != nil {
+			return
+		}
+		cl.mu.Lock()
+		cl.changes = append(cl.changes, change{add: add, written: time.Now()})
+		i := len(cl.changes) - 1
+		cl.mu.Unlock()
+		if b.dnsAddr != "" {
+			go func(add bool) {
+				if at, ok := b.waitVisible(ctx, add, b.changeEvery); ok {
+					cl.mu.Lock()
+					cl.changes[i].visible = at
+					cl.mu.Unlock()
+				}
+			}(add)
+		}
+		serial++
+		add = !add
+	}
+}
+
+// waitVisible polls name 0 on the ordinary port until it exists and its
+// answer has (or lacks) 198.51.100.1.
+func (b *benchArgs) waitVisible(ctx context.Context, add bool, limit time.Duration) (time.Time, bool) {
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(fmt.Sprintf(b.name, 0)), dns.TypeA)
+	c := &dns.Client{Timeout: time.Second}
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		r, _, err := c.Exchange(m, b.dnsAddr)
+		if err == nil {
+			has := false
+			for _, rr := range r.Answer {
+				if a, ok := rr.(*dns.A); ok && a.A.Equal(net.IPv4(198, 51, 100, 1)) {
+					has = true
+				}
+			}
+			if has == add && len(r.Answer) > 0 {
+				return time.Now(), true
+			}
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return time.Time{}, false
+}
+
+func (b *benchArgs) progress(out io.Writer, st *benchStats, start time.Time) func() {
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(b.report)
+		defer tick.Stop()
+		var last int64
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				est := st.established.Load()
+				fmt.Fprintf(out, "%6.1fs established %d (+%d) failed %d retransmitted %d events %d refreshes %d\n",
+					time.Since(start).Seconds(), est, est-last, st.failed.Load(), st.retransmitted.Load(), st.events.Load(), st.refreshes.Load())
+				last = est
+			}
+		}
+	}()
+	return func() { close(stop); <-done }
+}
+
+func (b *benchArgs) summary(out io.Writer, st *benchStats, setup, term time.Duration, setupCPU, holdCPU time.Duration, rss0, rss1 int64) {
+	est := st.established.Load()
+	fmt.Fprintf(out, "\n| figure | value |\n| --- | --- |\n")
+	row := func(k, f string, a ...any) { fmt.Fprintf(out, "| %s | %s |\n", k, fmt.Sprintf(f, a...)) }
+	row("server", "%s", b.server)
+	row("LLQs asked / established / failed", "%d / %d / %d", b.llqs, est, st.failed.Load())
+	row("sockets / source addresses / names", "%d / %d / %d", b.sockets, min(b.addrs, b.sockets), b.names)
+	row("packet loss each way", "%.1f %%", b.loss*100)
+	row("set-up time", "%.2f s", setup.Seconds())
+	row("completed four-way setups per second", "%.0f", float64(est)/setup.Seconds())
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	row("setup latency p50 / p99", "%s / %s", pct(st.setupLatency, 50), pct(st.setupLatency, 99))
+	row("handshake retransmissions", "%d", st.retransmitted.Load())
+	var errs []string
+	for code := range st.errs {
+		if n := st.errs[code].Load(); n > 0 {
+			name := wire.ErrorName(uint16(code))
+			if code == 7 {
+				name = "no reply"
+			}
+			errs = append(errs, fmt.Sprintf("%s %d", name, n))
+		}
+	}
+	if len(errs) > 0 {
+		row("errors", "%s", strings.Join(errs, ", "))
+	}
+	if b.hold > 0 {
+		row("hold", "%s", b.hold)
+		row("event packets received / acked", "%d / %d", st.events.Load(), st.acks.Load())
+		row("refreshes", "%d", st.refreshes.Load())
+	}
+	if len(st.eventFromVisible) > 0 {
+		row("change visible on the ordinary port -> event, p50 / p99", "%s / %s (%d events)", pct(st.eventFromVisible, 50), pct(st.eventFromVisible, 99), len(st.eventFromVisible))
+		row("zone file written -> event, p50 / p99", "%s / %s", pct(st.eventFromWrite, 50), pct(st.eventFromWrite, 99))
+	}
+	row("terminated", "%d in %.2f s", st.terminated.Load(), term.Seconds())
+	if b.pid > 0 {
+		row("server CPU during set-up", "%.2f s (%.1f µs per LLQ)", setupCPU.Seconds(), float64(setupCPU.Microseconds())/float64(max(est, 1)))
+		if b.hold > 0 {
+			row("server CPU during hold", "%.2f s", holdCPU.Seconds())
+		}
+		row("server RSS before / after set-up", "%.1f MiB / %.1f MiB (%.0f bytes per LLQ)", float64(rss0)/(1<<20), float64(rss1)/(1<<20), float64(rss1-rss0)/float64(max(est, 1)))
+	}
+}
+
+func pct(ds []time.Duration, p int) string {
+	if len(ds) == 0 {
+		return "-"
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := (len(s) - 1) * p / 100
+	return s[i].Round(10 * time.Microsecond).String()
+}
+
+// procCPU returns the user+system CPU time of process pid.
+func procCPU(pid int) (time.Duration, error) {
+	if pid <= 0 {
+		return 0, errors.New("no pid")
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name, which is in parentheses and may hold spaces.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(f) < 13 {
+		return 0, errors.New("short stat")
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+s) * time.Second / 100, nil // USER_HZ is 100 on Linux
+}
+
+// procRSS returns the resident set size of process pid in bytes.
+func procRSS(pid int) (int64, error) {
+	if pid <= 0 {
+		return 0, errors.New("no pid")
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			kb, err := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, errors.New("no VmRSS")
+}
