@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Builds CoreDNS with llq and the llq tool, starts CoreDNS with bench/Corefile
+# on loopback, runs `llq bench` with the arguments given (defaults below) and
+# stops CoreDNS. The summary table is ready to paste into BENCHMARKS.md.
+#
+#   bench/run.sh                         # 100,000 LLQs, zone changes, latency
+#   bench/run.sh -llqs 20000 -loss 0.05  # any llq bench flags
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${BENCH_OUT:-/tmp/llq-bench}
+mkdir -p "$out"
+go build -o "$out/coredns" ./cmd/coredns
+go build -o "$out/llq" ./cmd/llq
+
+# The file plugin wants the zone to exist at start; the bench rewrites it.
+printf '$ORIGIN example.org.\n@ 3600 IN SOA ns1 hostmaster 1 7200 3600 1209600 3600\n@ 3600 IN NS ns1\nns1 3600 IN A 127.0.0.1\n' >"$out/db.example.org"
+sed "s#/tmp/llq-bench#$out#" bench/Corefile >"$out/Corefile"
+"$out/coredns" -conf "$out/Corefile" >"$out/coredns.log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
+for _ in $(seq 50); do
+	grep -q "LLQ listener" "$out/coredns.log" && break
+	sleep 0.1
+done
+
+if [ $# -eq 0 ]; then
+	set -- -llqs 100000 -sockets 1001 -addrs 250 -names 1000 -window 4 -hold 10s -change-every 500ms
+fi
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(go version | cut -d' ' -f3-)"
+echo "command: llq bench @127.0.0.1:5352 $* -zone $out/db.example.org -dns 127.0.0.1:1053 -pid (coredns)"
+"$out/llq" bench @127.0.0.1:5352 "$@" -zone "$out/db.example.org" -dns 127.0.0.1:1053 -pid "$pid"
