@@ -59,11 +59,12 @@ func (e *Engine) close() {
 	e.sched.close()
 	e.changes.close()
 	e.mu.Lock()
-	n := len(e.t.subs)
+	n, topics := len(e.t.subs), len(e.t.topics)
 	e.t = newTable()
 	e.mu.Unlock()
+	// Gauges are shared by every engine in the process: subtract ours.
 	liveLLQs.Sub(float64(n))
-	topicsGauge.Set(0)
+	topicsGauge.Sub(float64(topics))
 }
 
 // reconfigure applies a reloaded Corefile's settings. Live LLQs keep their
@@ -73,6 +74,7 @@ func (e *Engine) reconfigure(cfg *config) {
 	e.cfg = cfg
 	e.mu.Unlock()
 	publishLimits(cfg)
+	e.watch.armPoll()
 }
 
 func (e *Engine) config() *config {
@@ -193,7 +195,7 @@ func (e *Engine) establish(id uint64, q dns.Question, client netip.AddrPort, lea
 	if t == nil {
 		t = &topic{key: key, question: q, zone: zone, answers: fresh, subs: make(map[uint64]*subscription, 1), client: client}
 		e.t.topics[key] = t
-		topicsGauge.Set(float64(len(e.t.topics)))
+		topicsGauge.Inc()
 	}
 	s := &subscription{id: id, topic: t, client: client, udpSize: udpSize}
 	s.expiry = newTimer(func() { e.expire(s) })
@@ -246,7 +248,9 @@ func (e *Engine) drop(s *subscription) {
 	if e.t.remove(s) {
 		e.sched.cancel(s.expiry)
 		liveLLQs.Dec()
-		topicsGauge.Set(float64(len(e.t.topics)))
+		if len(s.topic.subs) == 0 {
+			topicsGauge.Dec()
+		}
 	}
 }
 

@@ -47,9 +47,13 @@ func (w *watchers) start() {
 	w.armPoll()
 }
 
+// armPoll (re)starts the poll period, or stops polling when the config says
+// never.
 func (w *watchers) armPoll() {
 	if p := w.e.config().poll; p > 0 {
 		w.e.sched.schedule(w.poll, time.Now().Add(p))
+	} else {
+		w.e.sched.cancel(w.poll)
 	}
 }
 
