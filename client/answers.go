@@ -83,3 +83,22 @@ func rrKey(rr dns.RR) string {
 	h.Name = dns.CanonicalName(h.Name)
 	return c.String()
 }
+
+// Diff compares two answer sets the way events do (ignoring TTL and
+// owner-name case) and returns what next adds to prev and what it lacks.
+// A client that had to set an LLQ up again uses it to report what changed
+// while it was not subscribed.
+func Diff(prev, next []dns.RR) (added, removed []dns.RR) {
+	before, after := newAnswerSet(prev), newAnswerSet(next)
+	for _, rr := range after.list() {
+		if _, ok := before[rrKey(rr)]; !ok {
+			added = append(added, rr)
+		}
+	}
+	for _, rr := range before.list() {
+		if _, ok := after[rrKey(rr)]; !ok {
+			removed = append(removed, rr)
+		}
+	}
+	return added, removed
+}

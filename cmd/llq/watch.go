@@ -161,13 +161,8 @@ func (w *watchArgs) run(ctx context.Context, stdout, stderr io.Writer) int {
 	}
 	where := qs + " at " + server.String()
 
-	c, err := client.Dial(server, w.opts)
+	c, sub, err := w.subscribe(setupCtx, server)
 	if err != nil {
-		return fail(err, where)
-	}
-	sub, err := c.Subscribe(setupCtx, w.q)
-	if err != nil {
-		c.Close()
 		if ctx.Err() != nil {
 			return exitOK // interrupted during setup
 		}
@@ -184,9 +179,31 @@ func (w *watchArgs) run(ctx context.Context, stdout, stderr io.Writer) int {
 		select {
 		case ev, ok := <-sub.Events():
 			if !ok {
-				err := sub.Err()
+				// The server lost the LLQ (a restart, or a replica that never
+				// had it) or stopped answering: set it up again, wherever
+				// discovery points now, and print what changed meanwhile.
+				lost := sub.Err()
+				before := sub.Answers()
 				c.Close()
-				return fail(err, where)
+				fmt.Fprintf(stderr, "llq watch: %s; setting the LLQ up again\n", explain(lost, where))
+				if c, sub, server, err = w.resubscribe(ctx, stderr); err != nil {
+					if ctx.Err() != nil {
+						return exitOK
+					}
+					return fail(err, qs)
+				}
+				where = qs + " at " + server.String()
+				fmt.Fprintf(stderr, "llq watch: LLQ %#x for %s at %s, lease %s\n", sub.ID(), qs, server, sub.Lease())
+				added, removed := client.Diff(before, sub.Answers())
+				now := time.Now()
+				for _, rr := range removed {
+					printRR(stdout, now, "REMOVE", rr)
+				}
+				for _, rr := range added {
+					printRR(stdout, now, "ADD", rr)
+				}
+				dropped = 0
+				continue
 			}
 			for _, rr := range ev.Removed {
 				printRR(stdout, ev.Time, "REMOVE", rr)
@@ -207,6 +224,55 @@ func (w *watchArgs) run(ctx context.Context, stdout, stderr io.Writer) int {
 			}
 			return exitOK
 		}
+	}
+}
+
+func (w *watchArgs) subscribe(ctx context.Context, server netip.AddrPort) (*client.Client, *client.Subscription, error) {
+	c, err := client.Dial(server, w.opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	sub, err := c.Subscribe(ctx, w.q)
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return c, sub, nil
+}
+
+// resubscribe keeps trying to set the LLQ up again, backing off from the
+// retransmission interval to a minute, until it succeeds or ctx ends. Only
+// a refusal that retrying cannot cure (STATIC, FORMAT-ERR, BAD-VERS) stops it.
+func (w *watchArgs) resubscribe(ctx context.Context, stderr io.Writer) (*client.Client, *client.Subscription, netip.AddrPort, error) {
+	wait := w.opts.RetryInterval
+	if wait <= 0 {
+		wait = client.DefaultRetryInterval
+	}
+	for {
+		server, err := w.findServer(ctx, stderr)
+		if err == nil {
+			var c *client.Client
+			var sub *client.Subscription
+			if c, sub, err = w.subscribe(ctx, server); err == nil {
+				return c, sub, server, nil
+			}
+		}
+		var e *client.Error
+		if errors.As(err, &e) {
+			switch e.Code {
+			case wire.Static, wire.FormatErr, wire.BadVers:
+				return nil, nil, netip.AddrPort{}, err
+			case wire.ServFull:
+				wait = max(wait, e.RetryAfter())
+			}
+		}
+		fmt.Fprintf(stderr, "llq watch: %v; trying again in %s\n", err, wait)
+		select {
+		case <-ctx.Done():
+			return nil, nil, netip.AddrPort{}, ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Minute)
 	}
 }
 

@@ -229,19 +229,38 @@ func TestWatchErrors(t *testing.T) {
 
 func TestWatchLost(t *testing.T) {
 	p := newLLQPeer(t)
-	// A 1 s lease is refreshed after 0.8 s; the refresh is refused.
-	done, _, stderr := start(context.Background(), "watch", "www.example.org", "@"+p.addr.String())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// A 1 s lease is refreshed after 0.8 s; the refresh is refused, as by a
+	// server that restarted, so the watch sets the LLQ up again and prints
+	// what changed meanwhile.
+	done, stdout, stderr := start(ctx, "watch", "www.example.org", "@"+p.addr.String(), "-retry", "100ms")
+	a1 := mustRR(t, "www.example.org. 60 IN A 192.0.2.1")
+	a2 := mustRR(t, "www.example.org. 60 IN A 192.0.2.2")
 	setup := p.recv()
 	p.reply(setup, wire.OpSetup, 0, 5, 1)
 	cr := p.recv()
-	p.reply(cr, wire.OpSetup, 0, 5, 1)
+	p.reply(cr, wire.OpSetup, 0, 5, 1, a1)
 	ref := p.recv()
 	p.reply(ref, wire.OpRefresh, wire.NoSuchLLQ, 5, 0)
-	if code := exitOf(t, done); code != 14 {
-		t.Errorf("exit %d, want 14; stderr:\n%s", code, stderr)
+
+	again := p.recv()
+	if o := wire.Options(again.m); len(o) != 1 || o[0].Opcode != wire.OpSetup || o[0].Id != 0 {
+		t.Fatalf("after NO-SUCH-LLQ want a new setup request, got %v", again.m)
 	}
-	if !strings.Contains(stderr.String(), "NO-SUCH-LLQ to REFRESH") {
+	p.reply(again, wire.OpSetup, 0, 6, 60)
+	cr = p.recv()
+	p.reply(cr, wire.OpSetup, 0, 6, 60, a2)
+	waitOutput(t, stdout, "ADD www.example.org. 60 IN A 192.0.2.2")
+	waitOutput(t, stdout, "REMOVE www.example.org. 60 IN A 192.0.2.1")
+	if !strings.Contains(stderr.String(), "NO-SUCH-LLQ to REFRESH") || !strings.Contains(stderr.String(), "setting the LLQ up again") {
 		t.Errorf("stderr:\n%s", stderr)
+	}
+	cancel()
+	term := p.recv()
+	p.reply(term, wire.OpRefresh, 0, 6, 0)
+	if code := exitOf(t, done); code != 0 {
+		t.Errorf("exit %d, want 0; stderr:\n%s", code, stderr)
 	}
 }
 
