@@ -23,6 +23,7 @@ type change struct {
 type changeQueue struct {
 	e       *Engine
 	pending []change
+	passes  int // change passes begun, so that establish can tell it missed one; guarded by e.mu
 	first   time.Time
 	flush   *timer
 	kick    chan struct{}
@@ -92,6 +93,7 @@ func (c *changeQueue) process() {
 	e.mu.Lock()
 	pending := c.pending
 	c.pending = nil
+	c.passes++
 	var todo []work
 	for _, t := range e.t.topics {
 		for _, ch := range pending {

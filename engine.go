@@ -44,6 +44,7 @@ func newEngine(cfg *config) (*Engine, error) {
 	ln, err := listen(cfg.listen, e)
 	if err != nil {
 		e.sched.close()
+		e.changes.close() // its worker started with it
 		return nil, err
 	}
 	e.ln = ln
@@ -163,6 +164,11 @@ func (e *Engine) establish(id uint64, q dns.Question, client netip.AddrPort, lea
 	cfg := e.cfg
 	b, zone := e.backendFor(key.name)
 	t := e.t.topics[key]
+	var prev answerSet
+	if t != nil {
+		prev = t.answers
+	}
+	passes := e.changes.passes
 	e.mu.Unlock()
 
 	if b == nil {
@@ -183,6 +189,12 @@ func (e *Engine) establish(id uint64, q dns.Question, client netip.AddrPort, lea
 		fresh = newAnswerSet(rrs)
 	}
 
+	resync := false
+	defer func() { // runs after the unlock below
+		if resync {
+			e.changes.mark(change{trigger: "setup", zone: key.name})
+		}
+	}()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if _, ok := e.t.subs[id]; ok { // the same challenge response twice, concurrently
@@ -193,6 +205,13 @@ func (e *Engine) establish(id uint64, q dns.Question, client netip.AddrPort, lea
 	}
 	t = e.t.topics[key]
 	if t == nil {
+		if fresh == nil { // the topic went away meanwhile: its last answers stand in
+			fresh = prev
+			resync = true
+		}
+		// A change pass that ran while the answers were being resolved could
+		// not see this topic: re-resolve it, or that change is lost to it.
+		resync = resync || e.changes.passes != passes
 		t = &topic{key: key, question: q, zone: zone, answers: fresh, subs: make(map[uint64]*subscription, 1), client: client}
 		e.t.topics[key] = t
 		topicsGauge.Inc()

@@ -2,6 +2,7 @@ package llq
 
 import (
 	"encoding/binary"
+	"math"
 	"math/rand/v2"
 	"net/netip"
 	"time"
@@ -128,7 +129,7 @@ func (e *Engine) track(ev *event, adds []bool, now time.Time) uint16 {
 	s := ev.sub
 	// Forget packets older than a whole retransmission schedule: their
 	// events have been answered or given up on by now.
-	horizon := now.Add(-e.cfg.retransmit << uint(e.cfg.attempts))
+	horizon := now.Add(-backoff(e.cfg.retransmit, e.cfg.attempts))
 	i := 0
 	for i < len(s.pending) && (s.pending[i].sent.Before(horizon) || len(s.pending)-i >= maxPending) {
 		i++
@@ -138,8 +139,21 @@ func (e *Engine) track(ev *event, adds []bool, now time.Time) uint16 {
 	id := freshID(s)
 	s.pending = append(s.pending, transmission{id: id, ev: ev, adds: adds, sent: now})
 	ev.live = id
-	e.sched.schedule(ev.retry, now.Add(e.cfg.retransmit<<uint(ev.tries)))
+	e.sched.schedule(ev.retry, now.Add(backoff(e.cfg.retransmit, ev.tries)))
 	return id
+}
+
+// backoff returns d doubled n times. It saturates where a plain shift would
+// wrap around (a large ATTEMPTS or INTERVAL), which would put the horizon
+// above in the future and the next retransmission in the past.
+func backoff(d time.Duration, n int) time.Duration {
+	for ; n > 0; n-- {
+		if d > math.MaxInt64/2 {
+			return math.MaxInt64
+		}
+		d *= 2
+	}
+	return d
 }
 
 func (e *Engine) newEvent(s *subscription, st statement) *event {

@@ -1,6 +1,7 @@
 package llq
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"time"
 
@@ -14,7 +15,18 @@ import (
 // terminate and event acknowledgements. Replies never carry more than the
 // request did until the client has proven its address (no amplification):
 // only the ACK after a valid challenge response carries answers.
-func (e *Engine) serve(b []byte, src netip.AddrPort, tcp bool) []byte {
+func (e *Engine) serve(b []byte, src netip.AddrPort, tcp bool) (packed []byte) {
+	defer func() {
+		// Enforce the no-amplification rule whatever the request looks like:
+		// compression pointers into the middle of labels (or into other
+		// sections) can make every question a long name that no compressor
+		// can shrink again in the echo. Legitimate requests never come close.
+		// Only an ACK carries answers, and only after a valid challenge
+		// response or over TCP.
+		if !tcp && len(packed) > len(b) && binary.BigEndian.Uint16(packed[6:]) == 0 {
+			packed = nil
+		}
+	}()
 	m := new(dns.Msg)
 	if err := m.Unpack(b); err != nil {
 		return formErrHeader(b)
@@ -29,6 +41,10 @@ func (e *Engine) serve(b []byte, src netip.AddrPort, tcp bool) []byte {
 	reply.Opcode = m.Opcode
 	reply.RecursionDesired = m.RecursionDesired
 	reply.Question = m.Question
+	// Compress every reply, errors included: the request may point all its
+	// questions at one long name, and echoing them uncompressed would turn
+	// a small spoofed query into a reply many times its size.
+	reply.Compress = true
 
 	if m.Opcode != dns.OpcodeQuery {
 		reply.Rcode = dns.RcodeNotImplemented
@@ -51,7 +67,9 @@ func (e *Engine) serve(b []byte, src netip.AddrPort, tcp bool) []byte {
 	}
 	if wire.CheckLengths(b) != nil || len(opts) != len(m.Question) {
 		reply.Rcode = dns.RcodeFormatError
-		out := make([]*dns.EDNS0_LLQ, len(m.Question))
+		// One option per option received, never more: a question count
+		// above the option count must not buy 22 reply bytes per question.
+		out := make([]*dns.EDNS0_LLQ, min(len(m.Question), len(opts)))
 		for i := range out {
 			out[i] = wire.NewOption(wire.OpSetup, wire.FormatErr, 0, 0)
 			if i < len(opts) {
@@ -77,7 +95,6 @@ func (e *Engine) serve(b []byte, src netip.AddrPort, tcp bool) []byte {
 	}
 	wire.SetOptions(reply, udpSize, out...)
 	reply.Authoritative = true
-	reply.Compress = true
 	if !tcp && reply.Len() > int(clientSize) {
 		// The LLQ stands; the client fetches the answers over TCP by
 		// repeating its challenge response there.
@@ -119,6 +136,7 @@ func (e *Engine) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.AddrPort, 
 		if id == 0 {
 			if !tcp {
 				if err := e.precheck(src.Addr()); err != nil {
+					setups.WithLabelValues("serv-full").Inc()
 					return fail(err.code, err.lease)
 				}
 				setups.WithLabelValues("challenged").Inc()

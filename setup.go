@@ -2,6 +2,7 @@ package llq
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 
@@ -112,9 +113,18 @@ func parse(c *caddy.Controller) ([]string, *config, error) {
 				if err == nil && cfg.setupRate < 0 {
 					err = fmt.Errorf("negative setup rate %s", args[0])
 				}
+				// NaN and Inf parse as floats but break the token bucket:
+				// a NaN rate refuses every setup.
+				if err == nil && (math.IsNaN(cfg.setupRate) || math.IsInf(cfg.setupRate, 0)) {
+					err = fmt.Errorf("setup rate is not a finite number: %s", args[0])
+				}
 				cfg.setupBurst = max(1, int(cfg.setupRate))
 				if err == nil && len(args) == 2 {
 					cfg.setupBurst, err = count(args[1:])
+					// A bucket that holds no token refuses every setup.
+					if err == nil && cfg.setupBurst < 1 {
+						err = fmt.Errorf("burst must be at least 1")
+					}
 				}
 			case "retransmit":
 				if len(args) != 2 {

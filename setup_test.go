@@ -1,0 +1,180 @@
+package llq
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coredns/caddy"
+	"github.com/coredns/coredns/core/dnsserver"
+)
+
+func TestParse(t *testing.T) {
+	def := defaultConfig()
+	tests := []struct {
+		input string
+		err   string // substring of the expected error; "" = success
+		check func(c *config) bool
+		zones []string
+	}{
+		// Defaults.
+		{input: `llq`, check: func(c *config) bool { return *c == *def }},
+		{input: "llq {\n}", check: func(c *config) bool { return *c == *def }},
+		{input: `llq example.org example.net.`, zones: []string{"example.org.", "example.net."}},
+
+		{input: "llq {\n listen 127.0.0.1:5353\n}", check: func(c *config) bool { return c.listen == "127.0.0.1:5353" }},
+		{input: "llq {\n listen [::1]:0\n}", check: func(c *config) bool { return c.listen == "[::1]:0" }},
+		{input: "llq {\n listen\n}", err: "Wrong argument count"},
+		{input: "llq {\n listen a b\n}", err: "Wrong argument count"},
+
+		{input: "llq {\n lease 60 3600\n}", check: func(c *config) bool { return c.minLease == time.Minute && c.maxLease == time.Hour }},
+		{input: "llq {\n lease 1s 1s\n}", check: func(c *config) bool { return c.minLease == time.Second && c.maxLease == time.Second }},
+		{input: "llq {\n lease 15m 2h\n}", check: func(c *config) bool { return c.minLease == 15*time.Minute && c.maxLease == 2*time.Hour }},
+		{input: "llq {\n lease 0 10\n}", err: "lease wants"},
+		{input: "llq {\n lease 500ms 10\n}", err: "lease wants"},
+		{input: "llq {\n lease 10 5\n}", err: "lease wants"},
+		{input: "llq {\n lease -1s 1h\n}", err: "negative"},
+		{input: "llq {\n lease a 1h\n}", err: "lease"},
+		{input: "llq {\n lease 1m\n}", err: "Wrong argument count"},
+		{input: "llq {\n lease 1m 2m 3m\n}", err: "Wrong argument count"},
+
+		{input: "llq {\n max-llqs 10\n}", check: func(c *config) bool { return c.maxLLQs == 10 }},
+		{input: "llq {\n max-llqs 0\n}", check: func(c *config) bool { return c.maxLLQs == 0 }},
+		{input: "llq {\n max-llqs -1\n}", err: "negative"},
+		{input: "llq {\n max-llqs ten\n}", err: "max-llqs"},
+		{input: "llq {\n max-llqs\n}", err: "want one number"},
+		{input: "llq {\n max-llqs 1 2\n}", err: "want one number"},
+
+		{input: "llq {\n max-llqs-per-client 3\n}", check: func(c *config) bool { return c.maxPerClient == 3 && c.maxLLQs == def.maxLLQs }},
+		{input: "llq {\n max-llqs-per-client 0\n}", check: func(c *config) bool { return c.maxPerClient == 0 }},
+		{input: "llq {\n max-llqs-per-client -3\n}", err: "negative"},
+		{input: "llq {\n max-llqs-per-client\n}", err: "want one number"},
+
+		{input: "llq {\n setup-rate 5\n}", check: func(c *config) bool { return c.setupRate == 5 && c.setupBurst == 5 }},
+		{input: "llq {\n setup-rate 0.5\n}", check: func(c *config) bool { return c.setupRate == 0.5 && c.setupBurst == 1 }},
+		{input: "llq {\n setup-rate 5 50\n}", check: func(c *config) bool { return c.setupRate == 5 && c.setupBurst == 50 }},
+		{input: "llq {\n setup-rate 0\n}", check: func(c *config) bool { return c.setupRate == 0 }},
+		{input: "llq {\n setup-rate\n}", err: "Wrong argument count"},
+		{input: "llq {\n setup-rate 1 2 3\n}", err: "Wrong argument count"},
+		{input: "llq {\n setup-rate -1\n}", err: "negative"},
+		{input: "llq {\n setup-rate fast\n}", err: "setup-rate"},
+		{input: "llq {\n setup-rate 1 -2\n}", err: "negative"},
+		{input: "llq {\n setup-rate 1 x\n}", err: "setup-rate"},
+		{input: "llq {\n setup-rate NaN\n}", err: "setup-rate"},
+		{input: "llq {\n setup-rate Inf\n}", err: "setup-rate"},
+		{input: "llq {\n setup-rate 5 0\n}", err: "setup-rate"},
+
+		{input: "llq {\n retransmit 1s 3\n}", check: func(c *config) bool { return c.retransmit == time.Second && c.attempts == 3 }},
+		{input: "llq {\n retransmit 500ms 1\n}", check: func(c *config) bool { return c.retransmit == 500*time.Millisecond && c.attempts == 1 }},
+		{input: "llq {\n retransmit 2 5\n}", check: func(c *config) bool { return c.retransmit == 2*time.Second && c.attempts == 5 }},
+		{input: "llq {\n retransmit 0 3\n}", err: "INTERVAL > 0"},
+		{input: "llq {\n retransmit 1s 0\n}", err: "ATTEMPTS >= 1"},
+		{input: "llq {\n retransmit 1s -1\n}", err: "negative"},
+		{input: "llq {\n retransmit soon 3\n}", err: "retransmit"},
+		{input: "llq {\n retransmit 1s\n}", err: "Wrong argument count"},
+
+		{input: "llq {\n poll 10s\n}", check: func(c *config) bool { return c.poll == 10*time.Second }},
+		{input: "llq {\n poll 0\n}", check: func(c *config) bool { return c.poll == 0 }},
+		{input: "llq {\n poll 90\n}", check: func(c *config) bool { return c.poll == 90*time.Second }},
+		{input: "llq {\n poll -1s\n}", err: "negative"},
+		{input: "llq {\n poll often\n}", err: "poll"},
+		{input: "llq {\n poll\n}", err: "Wrong argument count"},
+		{input: "llq {\n poll 1s 2s\n}", err: "Wrong argument count"},
+
+		{input: "llq {\n debounce 50ms\n}", check: func(c *config) bool { return c.debounce == 50*time.Millisecond }},
+		{input: "llq {\n debounce 0\n}", check: func(c *config) bool { return c.debounce == 0 }},
+		{input: "llq {\n debounce -5ms\n}", err: "negative"},
+		{input: "llq {\n debounce\n}", err: "Wrong argument count"},
+
+		{input: "llq {\n srv-target llq.example.net\n}", check: func(c *config) bool { return c.srvTarget == "llq.example.net." }},
+		{input: "llq {\n srv-target ns1.example.org.\n}", check: func(c *config) bool { return c.srvTarget == "ns1.example.org." }},
+		{input: "llq {\n srv-target a..b\n}", err: "not a domain name"},
+		{input: "llq {\n srv-target\n}", err: "Wrong argument count"},
+		{input: "llq {\n srv-target a b\n}", err: "Wrong argument count"},
+
+		// Everything at once.
+		{input: `llq example.org {
+			listen :15352
+			lease 30 600
+			max-llqs 5
+			max-llqs-per-client 2
+			setup-rate 3 7
+			retransmit 250ms 4
+			poll 1m
+			debounce 5ms
+			srv-target push.example.org
+		}`, zones: []string{"example.org."}, check: func(c *config) bool {
+			return c.listen == ":15352" && c.minLease == 30*time.Second && c.maxLease == 10*time.Minute &&
+				c.maxLLQs == 5 && c.maxPerClient == 2 && c.setupRate == 3 && c.setupBurst == 7 &&
+				c.retransmit == 250*time.Millisecond && c.attempts == 4 && c.poll == time.Minute &&
+				c.debounce == 5*time.Millisecond && c.srvTarget == "push.example.org." &&
+				c.udpSize == def.udpSize && c.fullRetryAfter == def.fullRetryAfter
+		}},
+
+		{input: "llq {\n bogus 1\n}", err: `unknown property "bogus"`},
+		{input: "llq {\n Listen :1\n}", err: "unknown property"},
+		{input: "llq\nllq", err: "only be used once"},
+		{input: "llq {\n}\nllq example.org", err: "only be used once"},
+	}
+	for i, tc := range tests {
+		c := caddy.NewTestController("dns", tc.input)
+		zones, cfg, err := parse(c)
+		if tc.err != "" {
+			if err == nil {
+				t.Errorf("test %d %q: no error, want %q", i, tc.input, tc.err)
+			} else if !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("test %d %q: error %q, want %q", i, tc.input, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("test %d %q: %v", i, tc.input, err)
+			continue
+		}
+		if tc.check != nil && !tc.check(cfg) {
+			t.Errorf("test %d %q: config %+v", i, tc.input, *cfg)
+		}
+		if tc.zones != nil && strings.Join(zones, " ") != strings.Join(tc.zones, " ") {
+			t.Errorf("test %d %q: zones %v, want %v", i, tc.input, zones, tc.zones)
+		}
+	}
+}
+
+func TestParseZonesFromServerBlock(t *testing.T) {
+	c := caddy.NewTestController("dns", "llq")
+	c.ServerBlockKeys = []string{"example.org:1053", "Example.NET."}
+	zones, _, err := parse(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(zones, " ") != "example.org. example.net." {
+		t.Fatalf("zones %v", zones)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	c := defaultConfig()
+	if c.listen != ":5352" || c.minLease != 15*time.Minute || c.maxLease != 2*time.Hour ||
+		c.retransmit != 2*time.Second || c.attempts < 1 || c.udpSize < 512 || c.setupBurst < 1 {
+		t.Fatalf("defaults %+v", *c)
+	}
+	for _, tc := range []struct{ asked, granted uint32 }{{0, 900}, {899, 900}, {900, 900}, {3600, 3600}, {7200, 7200}, {7201, 7200}, {1 << 31, 7200}} {
+		if got := c.clampLease(tc.asked); got != tc.granted {
+			t.Errorf("clampLease(%d) = %d, want %d", tc.asked, got, tc.granted)
+		}
+	}
+}
+
+func TestSetup(t *testing.T) {
+	c := caddy.NewTestController("dns", "llq {\n listen 127.0.0.1:0\n}")
+	if err := setup(c); err != nil {
+		t.Fatalf("setup: %v", err)
+	}
+	if n := len(dnsserver.GetConfig(c).Plugin); n != 1 {
+		t.Fatalf("setup added %d plugins, want 1", n)
+	}
+	c = caddy.NewTestController("dns", "llq {\n lease 1\n}")
+	if err := setup(c); err == nil || !strings.Contains(err.Error(), "plugin/llq") {
+		t.Fatalf("setup error %v, want a plugin/llq error", err)
+	}
+}

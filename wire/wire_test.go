@@ -1,0 +1,175 @@
+package wire
+
+import (
+	"encoding/binary"
+	"errors"
+	"testing"
+
+	"github.com/miekg/dns"
+)
+
+func TestNames(t *testing.T) {
+	for code, want := range map[uint16]string{
+		NoError: "NO-ERROR", ServFull: "SERV-FULL", Static: "STATIC", FormatErr: "FORMAT-ERR",
+		NoSuchLLQ: "NO-SUCH-LLQ", BadVers: "BAD-VERS", UnknownErr: "UNKNOWN-ERR", 7: "ERROR-7", 65535: "ERROR-65535",
+	} {
+		if got := ErrorName(code); got != want {
+			t.Errorf("ErrorName(%d) = %q, want %q", code, got, want)
+		}
+	}
+	for op, want := range map[uint16]string{0: "OPCODE-0", OpSetup: "SETUP", OpRefresh: "REFRESH", OpEvent: "EVENT", 4: "OPCODE-4", 1000: "OPCODE-1000"} {
+		if got := OpName(op); got != want {
+			t.Errorf("OpName(%d) = %q, want %q", op, got, want)
+		}
+	}
+}
+
+func query(opts ...*dns.EDNS0_LLQ) *dns.Msg {
+	m := new(dns.Msg)
+	m.SetQuestion("www.example.org.", dns.TypeA)
+	SetOptions(m, 1232, opts...)
+	return m
+}
+
+func TestOptionsRoundTrip(t *testing.T) {
+	a := NewOption(OpSetup, NoError, 0, 3600)
+	b := NewOption(OpRefresh, NoSuchLLQ, 0xDEADBEEFCAFEF00D, 0xFFFFFFFF)
+	if a.Version != Version || a.Code != dns.EDNS0LLQ || a.Option() != dns.EDNS0LLQ {
+		t.Fatalf("NewOption: %+v", a)
+	}
+	m := query(a, b)
+	m.IsEdns0().Option = append(m.IsEdns0().Option, &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"})
+	raw, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckLengths(raw); err != nil {
+		t.Fatalf("CheckLengths of a good message: %v", err)
+	}
+	back := new(dns.Msg)
+	if err := back.Unpack(raw); err != nil {
+		t.Fatal(err)
+	}
+	got := Options(back)
+	if len(got) != 2 || got[0].String() != a.String() || got[1].String() != b.String() {
+		t.Fatalf("options after a round trip: %v", got)
+	}
+	if back.IsEdns0().UDPSize() != 1232 {
+		t.Fatalf("UDP size %d", back.IsEdns0().UDPSize())
+	}
+}
+
+func TestOptionLayout(t *testing.T) {
+	m := query(NewOption(OpEvent, Static, 0x0102030405060708, 0x0A0B0C0D))
+	raw, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt := raw[len(raw)-4-OptionLen:]
+	want := []byte{0, 1, 0, 18, 0, 1, 0, 3, 0, 2, 1, 2, 3, 4, 5, 6, 7, 8, 0x0A, 0x0B, 0x0C, 0x0D}
+	if string(opt) != string(want) {
+		t.Fatalf("option bytes % x, want % x", opt, want)
+	}
+}
+
+func TestOptionsNone(t *testing.T) {
+	m := new(dns.Msg)
+	m.SetQuestion("www.example.org.", dns.TypeA)
+	if Options(m) != nil {
+		t.Fatalf("options without OPT")
+	}
+	m.SetEdns0(4096, true)
+	if Options(m) != nil {
+		t.Fatalf("options without LLQ")
+	}
+}
+
+func TestSetOptionsReplaces(t *testing.T) {
+	m := query(NewOption(OpSetup, NoError, 1, 1))
+	m.Extra = append([]dns.RR{&dns.A{Hdr: dns.RR_Header{Name: "x.", Rrtype: dns.TypeA, Class: dns.ClassINET}}}, m.Extra...)
+	m.Extra = append(m.Extra, &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}}) // a second OPT
+	SetOptions(m, 512, NewOption(OpEvent, NoError, 2, 2))
+	opts := 0
+	for _, rr := range m.Extra {
+		if rr.Header().Rrtype == dns.TypeOPT {
+			opts++
+		}
+	}
+	if opts != 1 || len(m.Extra) != 2 || m.Extra[0].Header().Rrtype != dns.TypeA {
+		t.Fatalf("extra after SetOptions: %v", m.Extra)
+	}
+	if o := Options(m); len(o) != 1 || o[0].Id != 2 || m.IsEdns0().UDPSize() != 512 {
+		t.Fatalf("options after SetOptions: %v", o)
+	}
+	RemoveOPT(m)
+	if m.IsEdns0() != nil || len(m.Extra) != 1 {
+		t.Fatalf("extra after RemoveOPT: %v", m.Extra)
+	}
+	SetOptions(m, 1232) // an OPT with no option
+	if m.IsEdns0() == nil || Options(m) != nil {
+		t.Fatalf("bare OPT: %v", m.Extra)
+	}
+}
+
+// setLength rewrites the last option of a packed message (an LLQ option) to
+// claim n data bytes, padding or cutting.
+func setLength(raw []byte, n int) []byte {
+	start := len(raw) - 4 - OptionLen
+	out := append([]byte(nil), raw[:start+4]...)
+	binary.BigEndian.PutUint16(out[start+2:], uint16(n))
+	data := append([]byte(nil), raw[start+4:]...)
+	for len(data) < n {
+		data = append(data, 0)
+	}
+	out = append(out, data[:n]...)
+	binary.BigEndian.PutUint16(out[start-2:], binary.BigEndian.Uint16(raw[start-2:])+uint16(n-OptionLen))
+	return out
+}
+
+func TestCheckLengths(t *testing.T) {
+	m := query(NewOption(OpSetup, NoError, 0, 3600))
+	m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: "www.example.org.", Rrtype: dns.TypeA, Class: dns.ClassINET}, A: []byte{192, 0, 2, 1}}}
+	m.Compress = true // names as pointers
+	raw, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckLengths(raw); err != nil {
+		t.Fatalf("good message: %v", err)
+	}
+	for _, n := range []int{19, 20, 100} {
+		b := setLength(raw, n)
+		if err := new(dns.Msg).Unpack(b); err != nil {
+			t.Fatalf("length %d: miekg/dns refuses it (%v); the check is moot", n, err)
+		}
+		if err := CheckLengths(b); !errors.Is(err, ErrBadLength) {
+			t.Errorf("length %d: %v, want ErrBadLength", n, err)
+		}
+	}
+	if err := CheckLengths(setLength(raw, 17)); !errors.Is(err, ErrBadLength) {
+		t.Errorf("length 17: %v", err)
+	}
+	// Cut short anywhere: an error, never a panic.
+	for i := 0; i < len(raw); i++ {
+		if err := CheckLengths(raw[:i]); err == nil {
+			t.Errorf("cut at %d of %d: no error", i, len(raw))
+		}
+	}
+	// An OPT-typed record outside the additional section is not looked at.
+	odd := new(dns.Msg)
+	odd.SetQuestion("www.example.org.", dns.TypeA)
+	odd.Answer = []dns.RR{&dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}, Option: []dns.EDNS0{NewOption(OpSetup, NoError, 0, 1)}}}
+	oraw, err := odd.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckLengths(setLength(oraw, 19)); err != nil {
+		t.Errorf("OPT in the answer section checked: %v", err)
+	}
+	// Unknown label types are refused.
+	lbl := append([]byte(nil), raw...)
+	lbl[12] = 0x40
+	if err := CheckLengths(lbl); err == nil {
+		t.Errorf("label type 0x40 accepted")
+	}
+}
