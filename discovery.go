@@ -74,11 +74,11 @@ func (l *LLQ) discovery(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (
 			Target: target, Port: port,
 		}}
 		if l.cfg.srvTarget == "" {
-			m.Extra = address(target, dns.TypeA, l.listenerIP(w))
-			m.Extra = append(m.Extra, address(target, dns.TypeAAAA, l.listenerIP(w))...)
+			m.Extra = address(target, dns.TypeA, listenerIP(e, w))
+			m.Extra = append(m.Extra, address(target, dns.TypeAAAA, listenerIP(e, w))...)
 		}
 	default:
-		m.Answer = address(q.Name, q.Qtype, l.listenerIP(w))
+		m.Answer = address(q.Name, q.Qtype, listenerIP(e, w))
 	}
 	w.WriteMsg(m)
 	return dns.RcodeSuccess, nil, true
@@ -87,8 +87,8 @@ func (l *LLQ) discovery(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (
 // listenerIP is the address clients reach the LLQ listener on: the one it
 // is bound to, or, when it listens on every address, the one this query
 // came in on.
-func (l *LLQ) listenerIP(w dns.ResponseWriter) netip.Addr {
-	if ua, ok := l.engine().Addr().(*net.UDPAddr); ok && !ua.IP.IsUnspecified() {
+func listenerIP(e *Engine, w dns.ResponseWriter) netip.Addr {
+	if ua, ok := e.Addr().(*net.UDPAddr); ok && !ua.IP.IsUnspecified() {
 		a, _ := netip.AddrFromSlice(ua.IP)
 		return a.Unmap()
 	}

@@ -149,10 +149,13 @@ func (e *Engine) establish(id uint64, q dns.Question, client netip.AddrPort, lea
 	e.mu.Lock()
 	if s, ok := e.t.subs[id]; ok {
 		defer e.mu.Unlock()
-		if s.client.Addr() != client.Addr() || s.topic.key != key {
+		if s.client.Addr() != client.Addr() {
 			// A 64-bit collision between two clients' challenges: make the
 			// newcomer start over in a later epoch, which yields another ID.
 			return nil, 0, &setupError{code: wire.ServFull, lease: 1}
+		}
+		if s.topic.key != key {
+			return nil, 0, &setupError{code: wire.NoSuchLLQ}
 		}
 		setups.WithLabelValues("duplicate").Inc()
 		return s.topic.answers.records(), s.remaining(now), nil

@@ -28,16 +28,21 @@ type event struct {
 	live  uint16 // DNS ID of the latest transmission
 }
 
-// transmission is one event packet awaiting its acknowledgement.
+// transmission is one event packet sent to an LLQ.
 type transmission struct {
-	id   uint16
-	ev   *event
-	adds []bool // what this packet said about each of ev.keys
-	sent time.Time
+	id    uint16
+	ev    *event
+	adds  []bool // what this packet said about each of ev.keys
+	sent  time.Time
+	acked bool
 }
 
-// maxPending bounds the unacknowledged packets kept per LLQ.
+// maxPending bounds the packets remembered per LLQ.
 const maxPending = 64
+
+// eventUDPSize is the payload size event packets advertise; clients answer
+// events with small acks, so any sane value does.
+const eventUDPSize = 1232
 
 // delivery is one event packet to send once the engine lock is released.
 type delivery struct {
@@ -93,7 +98,7 @@ func buildEvent(q dns.Question, rrs []dns.RR, adds []bool, msgID uint16, llqID u
 		gone.Header().Ttl = wire.RemoveTTL
 		m.Answer[i] = gone
 	}
-	wire.SetOptions(m, 0, wire.NewOption(wire.OpEvent, wire.NoError, llqID, lease))
+	wire.SetOptions(m, eventUDPSize, wire.NewOption(wire.OpEvent, wire.NoError, llqID, lease))
 	return m.Pack()
 }
 
@@ -285,30 +290,34 @@ func (e *Engine) acknowledge(msgID uint16, llqID uint64, src netip.AddrPort) {
 		}
 	}
 	if i < 0 {
-		e.mu.Unlock() // a duplicate ack, or one for a packet long forgotten
+		e.mu.Unlock() // an ack for a packet long forgotten
 		return
 	}
-	tr := s.pending[i]
-	s.pending = append(s.pending[:i], s.pending[i+1:]...)
-	acks.Inc()
-	ev := tr.ev
-	if ev.live == msgID {
-		e.sched.cancel(ev.retry)
+	// The packet stays listed after its ack until it ages out: the network
+	// may deliver a copy of it after a newer packet, and the ack of that
+	// copy is how the server learns that the client took in stale news.
+	tr := &s.pending[i]
+	if !tr.acked {
+		tr.acked = true
+		acks.Inc()
 	}
-	var stale statement
+	ev := tr.ev
+	stale := false
 	for j, k := range ev.keys {
-		_, present := s.topic.answers[k]
-		if present != tr.adds[j] {
-			stale.keys = append(stale.keys, k)
-			stale.rrs = append(stale.rrs, ev.rrs[j])
+		if _, present := s.topic.answers[k]; present != tr.adds[j] {
+			stale = true
+			break
 		}
 	}
 	var ds []delivery
-	if len(stale.keys) > 0 {
-		fix := e.newEvent(s, stale)
-		if d, err := e.restate(fix, now); err == nil {
-			ds = append(ds, d)
-		}
+	if !stale {
+		// Whichever transmission this was, it told the client the current
+		// truth about every record of the event: the event is done.
+		e.sched.cancel(ev.retry)
+	} else if d, err := e.restate(ev, now); err == nil {
+		// The client may now believe something no longer true: tell it
+		// the truth again, as the event's latest transmission.
+		ds = append(ds, d)
 	}
 	e.mu.Unlock()
 	e.send(ds, "event")

@@ -89,9 +89,14 @@ func (l *listener) serveTCP() {
 			continue
 		}
 		l.mu.Lock()
+		if l.open == nil { // close ran meanwhile
+			l.mu.Unlock()
+			c.Close()
+			continue
+		}
 		l.open[c] = struct{}{}
-		l.mu.Unlock()
 		l.wg.Add(1)
+		l.mu.Unlock()
 		go l.serveConn(c)
 	}
 }
@@ -100,7 +105,7 @@ func (l *listener) serveConn(c *net.TCPConn) {
 	defer func() {
 		c.Close()
 		l.mu.Lock()
-		delete(l.open, c)
+		delete(l.open, c) // a no-op on the nil map after close
 		l.mu.Unlock()
 		l.wg.Done()
 	}()
@@ -142,6 +147,7 @@ func (l *listener) close() {
 	for c := range l.open {
 		c.Close()
 	}
+	l.open = nil
 	l.mu.Unlock()
 	l.wg.Wait()
 }

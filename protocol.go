@@ -95,9 +95,14 @@ func (e *Engine) serve(b []byte, src netip.AddrPort, tcp bool) (packed []byte) {
 	}
 	wire.SetOptions(reply, udpSize, out...)
 	reply.Authoritative = true
-	if !tcp && reply.Len() > int(clientSize) {
-		// The LLQ stands; the client fetches the answers over TCP by
-		// repeating its challenge response there.
+	limit := int(clientSize)
+	if tcp {
+		limit = dns.MaxMsgSize
+	}
+	if reply.Len() > limit {
+		// The LLQ stands. Over UDP the client fetches the answers over TCP
+		// by repeating its challenge response there; an answer set beyond
+		// even a TCP message stays truncated, as it would for a query.
 		reply.Answer = nil
 		reply.Truncated = true
 	}
