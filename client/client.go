@@ -81,6 +81,11 @@ type Options struct {
 	// OnPacket, when set, sees every datagram the client sends or receives,
 	// before any filtering. b is only valid during the call.
 	OnPacket func(dir Direction, peer netip.AddrPort, b []byte)
+
+	// Drop, when set, decides per datagram, after OnPacket, whether the
+	// network loses it: soak tests and the load generator simulate loss in
+	// both directions with it.
+	Drop func(dir Direction, b []byte) bool
 }
 
 func (o *Options) setDefaults() {
@@ -237,6 +242,9 @@ func (c *Client) read() {
 		if c.opts.OnPacket != nil {
 			c.opts.OnPacket(Received, from, buf[:n])
 		}
+		if c.opts.Drop != nil && c.opts.Drop(Received, buf[:n]) {
+			continue
+		}
 		// Anyone can send to our port; only the server may answer or
 		// notify, which also keeps the LLQ IDs from being guessable by
 		// third parties through our acks.
@@ -301,6 +309,9 @@ func (c *Client) closedErr() error {
 func (c *Client) send(b []byte) error {
 	if c.opts.OnPacket != nil {
 		c.opts.OnPacket(Sent, c.server, b)
+	}
+	if c.opts.Drop != nil && c.opts.Drop(Sent, b) {
+		return nil
 	}
 	_, err := c.conn.WriteToUDPAddrPort(b, c.server)
 	return err

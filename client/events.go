@@ -1,6 +1,7 @@
 package client
 
 import (
+	"hash/maphash"
 	"net/netip"
 	"time"
 
@@ -68,6 +69,9 @@ func (c *Client) ack(m *dns.Msg, opts []*dns.EDNS0_LLQ, to netip.AddrPort) {
 	if c.opts.OnPacket != nil {
 		c.opts.OnPacket(Sent, to, b)
 	}
+	if c.opts.Drop != nil && c.opts.Drop(Sent, b) {
+		return
+	}
 	c.conn.WriteToUDPAddrPort(b, to)
 }
 
@@ -91,9 +95,44 @@ func (s *Subscription) onEvent(m *dns.Msg, now time.Time) (ev Event, accepted, a
 }
 
 func (s *Subscription) applyLocked(ev Event) Event {
+	// A copy of a packet applied before is stale news: the network
+	// duplicated it, and a later packet may have changed the same records
+	// since. Applying it again would undo that change, and the server,
+	// which forgot the packet once it was acked, would never repair it. It
+	// is still acked and reported, as an event that changes nothing.
+	if s.recent.seen(ev.Msg) {
+		s.deliverLocked(ev)
+		return ev
+	}
 	ev.Added, ev.Removed = s.answers.apply(ev.Msg.Answer)
 	s.deliverLocked(ev)
 	return ev
+}
+
+// recentPackets remembers the last few event packets of a subscription by
+// a hash of their whole content, DNS ID included: a server sends every
+// transmission, retransmissions too, under a fresh DNS ID, so only a copy
+// made by the network matches.
+type recentPackets struct {
+	seed maphash.Seed
+	hash [32]uint64
+	next int
+}
+
+// seen reports whether m was seen lately, and remembers it.
+func (r *recentPackets) seen(m *dns.Msg) bool {
+	if r.seed == (maphash.Seed{}) {
+		r.seed = maphash.MakeSeed()
+	}
+	h := maphash.String(r.seed, m.String())
+	for _, x := range r.hash {
+		if x == h {
+			return true
+		}
+	}
+	r.hash[r.next] = h
+	r.next = (r.next + 1) % len(r.hash)
+	return false
 }
 
 // deliverLocked queues ev without ever blocking the reader, which serves

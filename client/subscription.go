@@ -40,6 +40,7 @@ type Subscription struct {
 	timer   *time.Timer // next automatic refresh
 	err     error
 	dropped uint64
+	recent  recentPackets // event packets applied lately, to skip late copies
 }
 
 func newSubscription(c *Client, q dns.Question, id uint64, want time.Duration) *Subscription {
@@ -88,6 +89,10 @@ func (s *Subscription) Dropped() uint64 {
 	defer s.mu.Unlock()
 	return s.dropped
 }
+
+// Done is closed when the subscription ends; Err then says why. It serves
+// consumers that take events through Options.OnEvent rather than Events.
+func (s *Subscription) Done() <-chan struct{} { return s.ctx.Done() }
 
 // Err returns why the subscription ended: ErrClosed after Close, otherwise
 // the failure that lost it (an *Error with Code wire.NoSuchLLQ means the
