@@ -55,6 +55,8 @@ type benchArgs struct {
 	dnsAddr     string
 	pid         int
 	report      time.Duration
+	baseline    bool
+	poll        time.Duration
 }
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -94,6 +96,8 @@ func parseBench(args []string, stderr io.Writer) (*benchArgs, error) {
 	fs.StringVar(&b.dnsAddr, "dns", "", "ordinary DNS address of the server, to time when the backend shows a change")
 	fs.IntVar(&b.pid, "pid", 0, "server process ID, to report its RSS and CPU time")
 	fs.DurationVar(&b.report, "report", time.Second, "progress report interval")
+	fs.DurationVar(&b.poll, "poll", 0, "instead of LLQs, poll the names with ordinary queries to -dns at this interval (the alternative LLQ replaces)")
+	fs.BoolVar(&b.baseline, "baseline", false, "after the hold, time a bare Go UDP sender sending one packet to every socket")
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
@@ -121,6 +125,9 @@ func parseBench(args []string, stderr io.Writer) (*benchArgs, error) {
 	b.qtype = t
 	if b.names <= 0 {
 		b.names = b.llqs
+	}
+	if b.poll > 0 && (b.dnsAddr == "" || b.hold <= 0) {
+		return nil, errors.New("-poll needs -dns and -hold")
 	}
 	if b.sockets <= 0 || b.llqs <= 0 || b.addrs <= 0 || b.window <= 0 {
 		return nil, errors.New("-llqs, -sockets, -addrs and -window must be positive")
@@ -165,6 +172,7 @@ const (
 	stFailed
 	stTerminating
 	stDone
+	stPollHas // a poller's last answer had the bench's record
 )
 
 type benchStats struct {
@@ -174,6 +182,11 @@ type benchStats struct {
 	mu                                             sync.Mutex
 	setupLatency                                   []time.Duration
 	eventFromVisible, eventFromWrite               []time.Duration
+	baseline                                       int
+	received                                       atomic.Int64
+	holdPackets                                    int64
+	baselineSpan                                   time.Duration
+	baseFirst, baseLast                            time.Time
 }
 
 // change is one zone edit made by the bench, with the time the zone file was
@@ -181,6 +194,7 @@ type benchStats struct {
 type change struct {
 	add              bool
 	written, visible time.Time
+	arrivals         []time.Time // of the events that carried it
 }
 
 type benchSocket struct {
@@ -199,15 +213,18 @@ type changeLog struct {
 	changes []change
 }
 
-func (c *changeLog) match(add bool, at time.Time) (change, bool) {
+// arrived files an event that carried the bench's record under the latest
+// change it can be the news of. Latency is worked out at the end, once the
+// probe has seen every change: an event may well beat the probe.
+func (c *changeLog) arrived(add bool, at time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for i := len(c.changes) - 1; i >= 0; i-- {
-		if ch := c.changes[i]; ch.add == add && !ch.written.After(at) {
-			return ch, true
+		if ch := &c.changes[i]; ch.add == add && !ch.written.After(at) {
+			ch.arrivals = append(ch.arrivals, at)
+			return
 		}
 	}
-	return change{}, false
 }
 
 func (b *benchArgs) run(ctx context.Context, out io.Writer) error {
@@ -256,6 +273,9 @@ func (b *benchArgs) run(ctx context.Context, out io.Writer) error {
 	setupCtx, cancel := context.WithCancel(ctx)
 	var drive sync.WaitGroup
 	for _, s := range socks {
+		if b.poll > 0 {
+			break // pollers need no set-up
+		}
 		drive.Add(1)
 		go func() { defer drive.Done(); s.setupAll(setupCtx) }()
 	}
@@ -269,19 +289,35 @@ func (b *benchArgs) run(ctx context.Context, out io.Writer) error {
 	if b.hold > 0 {
 		holdCtx, stop := context.WithTimeout(ctx, b.hold)
 		var hold sync.WaitGroup
+		sent0, recv0 := st.sent.Load(), st.received.Load()
 		for _, s := range socks {
 			hold.Add(1)
+			if b.poll > 0 {
+				go func() { defer hold.Done(); s.pollLoop(holdCtx) }()
+				continue
+			}
 			go func() { defer hold.Done(); s.keepAlive(holdCtx) }()
 		}
+		holdPackets := func() int64 { return st.sent.Load() - sent0 + st.received.Load() - recv0 }
 		if b.zone != "" {
 			b.changeLoop(holdCtx, cl)
 		}
 		<-holdCtx.Done()
 		stop()
 		hold.Wait()
+		st.holdPackets = holdPackets()
 	}
 	cpu2, _ := procCPU(b.pid)
 	stopReport()
+	if b.baseline {
+		if err := blast(socks); err != nil {
+			return err
+		}
+		time.Sleep(time.Second) // let the last packets arrive
+		st.mu.Lock()
+		st.baselineSpan = st.baseLast.Sub(st.baseFirst)
+		st.mu.Unlock()
+	}
 
 	termStart := time.Now()
 	var term sync.WaitGroup
@@ -296,7 +332,7 @@ func (b *benchArgs) run(ctx context.Context, out io.Writer) error {
 	}
 	wg.Wait()
 
-	b.summary(out, st, setupTime, termTime, cpu1-cpu0, cpu2-cpu1, rss0, rss1)
+	b.summary(out, st, cl, setupTime, termTime, cpu1-cpu0, cpu2-cpu1, rss0, rss1)
 	return nil
 }
 
@@ -405,7 +441,19 @@ func (s *benchSocket) read() {
 			continue
 		}
 		now := time.Now()
-		if from.Port() != s.b.server.Port() || (s.b.loss > 0 && rand.Float64() < s.b.loss) {
+		if n == len(baselinePacket) && string(buf[:len(baselineMagic)]) == baselineMagic {
+			s.st.baselineArrived(now)
+			continue
+		}
+		if s.b.loss > 0 && rand.Float64() < s.b.loss {
+			continue
+		}
+		s.st.received.Add(1)
+		if s.b.poll > 0 {
+			s.pollReply(buf[:n], now)
+			continue
+		}
+		if from.Port() != s.b.server.Port() {
 			continue
 		}
 		m := new(dns.Msg)
@@ -504,12 +552,7 @@ func (s *benchSocket) event(m *dns.Msg, o *dns.EDNS0_LLQ, now time.Time) {
 		if !ok || !a.A.Equal(net.IPv4(198, 51, 100, 1)) {
 			continue
 		}
-		if ch, ok := s.ch.match(rr.Header().Ttl != wire.RemoveTTL, now); ok && !ch.visible.IsZero() {
-			s.st.mu.Lock()
-			s.st.eventFromWrite = append(s.st.eventFromWrite, now.Sub(ch.written))
-			s.st.eventFromVisible = append(s.st.eventFromVisible, now.Sub(ch.visible))
-			s.st.mu.Unlock()
-		}
+		s.ch.arrived(rr.Header().Ttl != wire.RemoveTTL, now)
 	}
 }
 
@@ -668,7 +711,7 @@ func (b *benchArgs) progress(out io.Writer, st *benchStats, start time.Time) fun
 	return func() { close(stop); <-done }
 }
 
-func (b *benchArgs) summary(out io.Writer, st *benchStats, setup, term time.Duration, setupCPU, holdCPU time.Duration, rss0, rss1 int64) {
+func (b *benchArgs) summary(out io.Writer, st *benchStats, cl *changeLog, setup, term time.Duration, setupCPU, holdCPU time.Duration, rss0, rss1 int64) {
 	est := st.established.Load()
 	fmt.Fprintf(out, "\n| figure | value |\n| --- | --- |\n")
 	row := func(k, f string, a ...any) { fmt.Fprintf(out, "| %s | %s |\n", k, fmt.Sprintf(f, a...)) }
@@ -697,12 +740,40 @@ func (b *benchArgs) summary(out io.Writer, st *benchStats, setup, term time.Dura
 	}
 	if b.hold > 0 {
 		row("hold", "%s", b.hold)
-		row("event packets received / acked", "%d / %d", st.events.Load(), st.acks.Load())
-		row("refreshes", "%d", st.refreshes.Load())
+		if b.poll > 0 {
+			row("mode", "polling every %s instead of LLQ", b.poll)
+		} else {
+			row("event packets received / acked", "%d / %d", st.events.Load(), st.acks.Load())
+			row("refreshes", "%d", st.refreshes.Load())
+		}
+		row("client packets sent + received during the hold", "%d (%.0f per second)", st.holdPackets, float64(st.holdPackets)/b.hold.Seconds())
+	}
+	cl.mu.Lock()
+	var fan change
+	for _, ch := range cl.changes {
+		if len(ch.arrivals) > len(fan.arrivals) {
+			fan = ch
+		}
+		for _, at := range ch.arrivals {
+			st.eventFromWrite = append(st.eventFromWrite, at.Sub(ch.written))
+			if !ch.visible.IsZero() {
+				// An event that beat the probe's 2 ms polling counts as 0.
+				st.eventFromVisible = append(st.eventFromVisible, max(0, at.Sub(ch.visible)))
+			}
+		}
+	}
+	cl.mu.Unlock()
+	if n := len(fan.arrivals); n > 1 {
+		sort.Slice(fan.arrivals, func(i, j int) bool { return fan.arrivals[i].Before(fan.arrivals[j]) })
+		span := fan.arrivals[n-1].Sub(fan.arrivals[0])
+		row("largest fan-out: events for one change, first to last arrival", "%d in %s = %.0f events/s", n, span.Round(time.Millisecond), float64(n)/span.Seconds())
+	}
+	if st.baseline > 1 {
+		row("baseline: a bare Go UDP sender to the same sockets", "%d in %s = %.0f packets/s", st.baseline, st.baselineSpan.Round(time.Millisecond), float64(st.baseline)/st.baselineSpan.Seconds())
 	}
 	if len(st.eventFromVisible) > 0 {
-		row("change visible on the ordinary port -> event, p50 / p99", "%s / %s (%d events)", pct(st.eventFromVisible, 50), pct(st.eventFromVisible, 99), len(st.eventFromVisible))
-		row("zone file written -> event, p50 / p99", "%s / %s", pct(st.eventFromWrite, 50), pct(st.eventFromWrite, 99))
+		row("change visible on the ordinary port -> client knows, p50 / p99", "%s / %s (%d events)", pct(st.eventFromVisible, 50), pct(st.eventFromVisible, 99), len(st.eventFromVisible))
+		row("zone file written -> client knows, p50 / p99", "%s / %s", pct(st.eventFromWrite, 50), pct(st.eventFromWrite, 99))
 	}
 	row("terminated", "%d in %.2f s", st.terminated.Load(), term.Seconds())
 	if b.pid > 0 {
@@ -759,4 +830,105 @@ func procRSS(pid int) (int64, error) {
 		}
 	}
 	return 0, errors.New("no VmRSS")
+}
+
+// The baseline for event fan-out: what a minimal Go program achieves sending
+// one event-sized datagram to each of the same sockets from one socket, as
+// the server does. Its packets carry a marker the readers count.
+const baselineMagic = "LLQ-BENCH-BASELINE"
+
+var baselinePacket = func() []byte {
+	b := make([]byte, 100) // about the size of a one-record event
+	copy(b, baselineMagic)
+	return b
+}()
+
+func blast(socks []*benchSocket) error {
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	conn.SetWriteBuffer(4 << 20)
+	for _, s := range socks {
+		to := s.conn.LocalAddr().(*net.UDPAddr).AddrPort()
+		if _, err := conn.WriteToUDPAddrPort(baselinePacket, to); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (st *benchStats) baselineArrived(at time.Time) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.baseline == 0 || at.Before(st.baseFirst) {
+		st.baseFirst = at
+	}
+	if at.After(st.baseLast) {
+		st.baseLast = at
+	}
+	st.baseline++
+}
+
+// pollLoop is the alternative to LLQ: ask every name again each -poll,
+// with the phases spread so that the load is even.
+func (s *benchSocket) pollLoop(ctx context.Context) {
+	next := make([]time.Time, len(s.llqs))
+	now := time.Now()
+	for i := range next {
+		next[i] = now.Add(time.Duration(rand.Int64N(int64(s.b.poll))))
+	}
+	to, err := netip.ParseAddrPort(s.b.dnsAddr)
+	if err != nil {
+		return
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			for i, l := range s.llqs {
+				if now.Before(next[i]) {
+					continue
+				}
+				next[i] = next[i].Add(s.b.poll)
+				m := new(dns.Msg)
+				m.SetQuestion(l.q.Name, l.q.Qtype)
+				m.Id = uint16(i)
+				if b, err := m.Pack(); err == nil {
+					s.st.sent.Add(1)
+					s.conn.WriteToUDPAddrPort(b, to)
+				}
+			}
+		}
+	}
+}
+
+// pollReply notes when a poller first sees a change of name 0.
+func (s *benchSocket) pollReply(b []byte, now time.Time) {
+	m := new(dns.Msg)
+	if m.Unpack(b) != nil || int(m.Id) >= len(s.llqs) {
+		return
+	}
+	l := s.llqs[m.Id]
+	has := false
+	for _, rr := range m.Answer {
+		if a, ok := rr.(*dns.A); ok && a.A.Equal(net.IPv4(198, 51, 100, 1)) {
+			has = true
+		}
+	}
+	s.mu.Lock()
+	changed := has != (l.state == stPollHas)
+	if has {
+		l.state = stPollHas
+	} else {
+		l.state = stIdle
+	}
+	s.mu.Unlock()
+	if changed {
+		s.ch.arrived(has, now)
+	}
 }
