@@ -14,17 +14,24 @@ type answerSet map[string]dns.RR
 // recordKey returns the identity of rr. buf is scratch space that may be
 // reused between calls.
 func recordKey(rr dns.RR, buf []byte) (string, []byte) {
-	n := dns.Len(rr)
+	// Pack through a message, not with dns.PackRR: PackRR stores Rdlength
+	// in rr's header, and rr belongs to the backend (file hands out the
+	// records of its zone tree), whose readers on other goroutines would
+	// race with that write. Msg packing leaves the records alone.
+	n := 12 + dns.Len(rr) + 1
 	if cap(buf) < n {
 		buf = make([]byte, n)
 	}
-	buf = buf[:n]
-	off, err := dns.PackRR(rr, buf, 0, nil, false)
+	m := dns.Msg{Answer: []dns.RR{rr}}
+	packed, err := m.PackBuffer(buf[:n])
 	if err != nil {
 		// Not packable means not sendable either; identify it by its text.
 		return rr.String(), buf
 	}
-	b := buf[:off]
+	if cap(packed) > cap(buf) {
+		buf = packed
+	}
+	b := packed[12:] // past the message header: the record alone
 	i := 0
 	for i < len(b) && b[i] != 0 { // owner name, uncompressed: label lengths are < 'A'
 		l := int(b[i])

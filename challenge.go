@@ -30,7 +30,16 @@ const (
 )
 
 type challenger struct {
-	pool sync.Pool // hash.Hash with the secret key
+	pool sync.Pool // *macState
+}
+
+// macState is an HMAC with the secret key and scratch space for its input
+// and output. Byte slices handed to a hash.Hash escape, so arrays on the
+// stack would cost three allocations per challenge; pooled, they cost none.
+type macState struct {
+	h   hash.Hash
+	in  []byte
+	sum [sha256.Size]byte
 }
 
 func newChallenger() *challenger {
@@ -38,27 +47,26 @@ func newChallenger() *challenger {
 	if _, err := rand.Read(key); err != nil {
 		panic(err) // crypto/rand does not fail on supported platforms
 	}
-	return &challenger{pool: sync.Pool{New: func() any { return hmac.New(sha256.New, key) }}}
+	return &challenger{pool: sync.Pool{New: func() any { return &macState{h: hmac.New(sha256.New, key)} }}}
 }
 
 func epochOf(t time.Time) uint64 { return uint64(t.Unix()/int64(epochLen/time.Second)) & epochMask }
 
 // id returns the challenge ID for a client and question in an epoch.
 func (c *challenger) id(epoch uint64, client netip.AddrPort, q dns.Question) uint64 {
-	h := c.pool.Get().(hash.Hash)
-	h.Reset()
-	var b [16 + 2 + 8 + 4]byte
+	st := c.pool.Get().(*macState)
+	st.h.Reset()
 	a16 := client.Addr().As16()
-	copy(b[:16], a16[:])
-	binary.BigEndian.PutUint16(b[16:], client.Port())
-	binary.BigEndian.PutUint64(b[18:], epoch)
-	binary.BigEndian.PutUint16(b[26:], q.Qtype)
-	binary.BigEndian.PutUint16(b[28:], q.Qclass)
-	h.Write(b[:])
-	h.Write([]byte(strings.ToLower(q.Name)))
-	var sum [sha256.Size]byte
-	mac := binary.BigEndian.Uint64(h.Sum(sum[:0]))
-	c.pool.Put(h)
+	b := append(st.in[:0], a16[:]...)
+	b = binary.BigEndian.AppendUint16(b, client.Port())
+	b = binary.BigEndian.AppendUint64(b, epoch)
+	b = binary.BigEndian.AppendUint16(b, q.Qtype)
+	b = binary.BigEndian.AppendUint16(b, q.Qclass)
+	b = append(b, strings.ToLower(q.Name)...)
+	st.h.Write(b)
+	mac := binary.BigEndian.Uint64(st.h.Sum(st.sum[:0]))
+	st.in = b[:0]
+	c.pool.Put(st)
 	return epoch<<macBits | mac>>epochBits
 }
 
@@ -76,5 +84,8 @@ func (c *challenger) valid(id uint64, now time.Time, maxAge time.Duration, clien
 	if time.Duration(age)*epochLen > maxAge+epochLen {
 		return false
 	}
-	return hmac.Equal(binary.BigEndian.AppendUint64(nil, c.id(epoch, client, q)), binary.BigEndian.AppendUint64(nil, id))
+	var want, got [8]byte
+	binary.BigEndian.PutUint64(want[:], c.id(epoch, client, q))
+	binary.BigEndian.PutUint64(got[:], id)
+	return hmac.Equal(want[:], got[:])
 }

@@ -1,10 +1,6 @@
 package llq
 
-import (
-	"time"
-
-	"github.com/miekg/dns"
-)
+import "time"
 
 // change is what a trigger reports: something at or below zone may differ
 // now. Triggers never say what changed; the resolver finds out by asking the
@@ -56,8 +52,9 @@ func (c *changeQueue) mark(ch change) {
 		c.first = now
 	}
 	c.pending = append(c.pending, ch)
-	at := now.Add(e.cfg.debounce)
-	if limit := c.first.Add(e.cfg.debounce * maxDelayFactor); at.After(limit) {
+	debounce := e.config().debounce
+	at := now.Add(debounce)
+	if limit := c.first.Add(debounce * maxDelayFactor); at.After(limit) {
 		at = limit
 	}
 	e.mu.Unlock()
@@ -97,7 +94,7 @@ func (c *changeQueue) process() {
 	var todo []work
 	for _, t := range e.t.topics {
 		for _, ch := range pending {
-			if !dns.IsSubDomain(ch.zone, t.key.name) {
+			if !subDomain(ch.zone, t.key.name) {
 				continue
 			}
 			if ch.uncovered && e.watch.covers(t.key.name) {
@@ -139,7 +136,7 @@ func (c *changeQueue) update(w work) {
 		return
 	}
 	old := w.t.answers
-	w.t.answers = next
+	w.t.setAnswers(next)
 	ds := e.publish(w.t, added, removed, old, now)
 	e.mu.Unlock()
 	e.send(ds, "event")

@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/llqdns/llq/wire"
@@ -14,8 +15,11 @@ import (
 // the LLQ table, the topics and the timers. It outlives plugin instances, so
 // that a Corefile reload keeps every live LLQ (see registry.go).
 type Engine struct {
-	mu       sync.Mutex
-	cfg      *config
+	mu sync.Mutex
+	// cfg is read on every message; an atomic pointer spares serve a trip
+	// through mu for it. A reload swaps the whole config: code that uses
+	// several fields together loads it once (see config).
+	cfg      atomic.Pointer[config]
 	t        table
 	backends []*backend // longest zone first is not needed: zoneFor picks the longest match
 
@@ -32,13 +36,13 @@ type Engine struct {
 
 func newEngine(cfg *config) (*Engine, error) {
 	e := &Engine{
-		cfg:     cfg,
 		key:     cfg.listen,
 		t:       newTable(),
 		sched:   newScheduler(),
 		chal:    newChallenger(),
 		limiter: newSetupLimiter(),
 	}
+	e.cfg.Store(cfg)
 	e.changes = newChangeQueue(e)
 	e.watch = newWatchers(e)
 	ln, err := listen(cfg.listen, e)
@@ -71,18 +75,12 @@ func (e *Engine) close() {
 // reconfigure applies a reloaded Corefile's settings. Live LLQs keep their
 // leases until their next refresh.
 func (e *Engine) reconfigure(cfg *config) {
-	e.mu.Lock()
-	e.cfg = cfg
-	e.mu.Unlock()
+	e.cfg.Store(cfg)
 	publishLimits(cfg)
 	e.watch.armPoll()
 }
 
-func (e *Engine) config() *config {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.cfg
-}
+func (e *Engine) config() *config { return e.cfg.Load() }
 
 // Addr is the UDP address the LLQ listener is bound to.
 func (e *Engine) Addr() net.Addr { return e.ln.udp.LocalAddr() }
@@ -114,12 +112,61 @@ func (e *Engine) backendFor(name string) (*backend, string) {
 	zone := ""
 	for _, b := range e.backends {
 		for _, z := range b.zones {
-			if dns.IsSubDomain(z, name) && (best == nil || len(z) >= len(zone)) {
+			if subDomain(z, name) && (best == nil || len(z) >= len(zone)) {
 				best, zone = b, z
 			}
 		}
 	}
 	return best, zone
+}
+
+// subDomain is dns.IsSubDomain(parent, child) without its garbage:
+// dns.Split allocates for both names on every call, and backendFor and the
+// change pass call it per zone and per topic. The fast path covers fully
+// qualified names with no escapes and no empty labels, where labels are
+// exactly the text between dots; anything else goes to dns.IsSubDomain.
+// Like it, it ignores ASCII case only.
+func subDomain(parent, child string) bool {
+	if !plainFQDN(parent) || !plainFQDN(child) {
+		return dns.IsSubDomain(parent, child)
+	}
+	if parent == "." {
+		return true
+	}
+	off := len(child) - len(parent)
+	if off < 0 || off > 0 && child[off-1] != '.' {
+		return false
+	}
+	for i := range len(parent) {
+		a, b := child[off+i], parent[i]
+		if 'A' <= a && a <= 'Z' {
+			a += 'a' - 'A'
+		}
+		if 'A' <= b && b <= 'Z' {
+			b += 'a' - 'A'
+		}
+		if a != b {
+			return false
+		}
+	}
+	return true
+}
+
+// plainFQDN reports whether s is "." or labels that each end in a dot,
+// none empty and none with a backslash escape.
+func plainFQDN(s string) bool {
+	if s == "." {
+		return true
+	}
+	if len(s) < 2 || s[0] == '.' || s[len(s)-1] != '.' {
+		return false
+	}
+	for i := range len(s) {
+		if s[i] == '\\' || s[i] == '.' && i > 0 && s[i-1] == '.' {
+			return false
+		}
+	}
+	return true
 }
 
 // setupError tells protocol.go which LLQ error a setup or refresh earned.
@@ -130,13 +177,14 @@ type setupError struct {
 
 // admit checks the count limits for a new LLQ from addr. Call with e.mu held.
 func (e *Engine) admit(addr netip.Addr) *setupError {
-	if e.cfg.maxLLQs > 0 && len(e.t.subs) >= e.cfg.maxLLQs {
+	cfg := e.config()
+	if cfg.maxLLQs > 0 && len(e.t.subs) >= cfg.maxLLQs {
 		limitRejections.WithLabelValues("max-llqs").Inc()
-		return &setupError{code: wire.ServFull, lease: uint32(e.cfg.fullRetryAfter / time.Second)}
+		return &setupError{code: wire.ServFull, lease: uint32(cfg.fullRetryAfter / time.Second)}
 	}
-	if e.cfg.maxPerClient > 0 && e.t.perClient[addr] >= e.cfg.maxPerClient {
+	if cfg.maxPerClient > 0 && e.t.perClient[addr] >= cfg.maxPerClient {
 		limitRejections.WithLabelValues("max-llqs-per-client").Inc()
-		return &setupError{code: wire.ServFull, lease: uint32(e.cfg.fullRetryAfter / time.Second)}
+		return &setupError{code: wire.ServFull, lease: uint32(cfg.fullRetryAfter / time.Second)}
 	}
 	return nil
 }
@@ -158,13 +206,13 @@ func (e *Engine) establish(id uint64, q dns.Question, client netip.AddrPort, lea
 			return nil, 0, &setupError{code: wire.NoSuchLLQ}
 		}
 		setups.WithLabelValues("duplicate").Inc()
-		return s.topic.answers.records(), s.remaining(now), nil
+		return s.topic.records(), s.remaining(now), nil
 	}
 	if err := e.admit(client.Addr()); err != nil {
 		e.mu.Unlock()
 		return nil, 0, err
 	}
-	cfg := e.cfg
+	cfg := e.config()
 	b, zone := e.backendFor(key.name)
 	t := e.t.topics[key]
 	var prev answerSet
@@ -219,20 +267,19 @@ func (e *Engine) establish(id uint64, q dns.Question, client netip.AddrPort, lea
 		e.t.topics[key] = t
 		topicsGauge.Inc()
 	}
-	s := &subscription{id: id, topic: t, client: client, udpSize: udpSize}
-	s.expiry = newTimer(func() { e.expire(s) })
+	s := &subscription{id: id, topic: t, e: e, client: client, udpSize: udpSize}
+	s.expiry.init(s)
 	e.t.add(s)
 	e.grant(s, lease, now)
 	liveLLQs.Inc()
 	setups.WithLabelValues("established").Inc()
-	return t.answers.records(), lease, nil
+	return t.records(), lease, nil
 }
 
 // grant (re)starts s's lease. Call with e.mu held.
 func (e *Engine) grant(s *subscription, lease uint32, now time.Time) {
-	s.lease = time.Duration(lease) * time.Second
-	s.expires = now.Add(s.lease)
-	e.sched.schedule(s.expiry, s.expires)
+	s.expires = now.Add(time.Duration(lease) * time.Second)
+	e.sched.schedule(&s.expiry, s.expires)
 }
 
 // refresh renews or (lease 0) terminates LLQ id for client. A non-zero
@@ -254,7 +301,7 @@ func (e *Engine) refresh(id uint64, q dns.Question, client netip.AddrPort, event
 	if eventPort != 0 {
 		e.t.move(s, netip.AddrPortFrom(client.Addr(), eventPort))
 	}
-	granted := e.cfg.clampLease(lease)
+	granted := e.config().clampLease(lease)
 	e.grant(s, granted, now)
 	refreshes.Inc()
 	return granted, nil
@@ -264,11 +311,11 @@ func (e *Engine) refresh(id uint64, q dns.Question, client netip.AddrPort, event
 func (e *Engine) drop(s *subscription) {
 	for _, tr := range s.pending {
 		if tr.ev.live == tr.id {
-			e.sched.cancel(tr.ev.retry)
+			e.sched.cancel(&tr.ev.retry)
 		}
 	}
 	if e.t.remove(s) {
-		e.sched.cancel(s.expiry)
+		e.sched.cancel(&s.expiry)
 		liveLLQs.Dec()
 		if len(s.topic.subs) == 0 {
 			topicsGauge.Dec()

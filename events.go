@@ -24,16 +24,23 @@ type event struct {
 	keys  []string // record identities, see recordKey
 	rrs   []dns.RR // the record for each key, as last known
 	tries int
-	retry *timer
+	retry timer  // embedded, see firer; initialised by newEvent
 	live  uint16 // DNS ID of the latest transmission
+	// settled is set once the event, acknowledged while other transmissions
+	// of it were still unanswered, has been scheduled for a last restatement.
+	settled bool
 }
 
-// transmission is one event packet sent to an LLQ.
+// fire runs when ev's retransmission timer is due.
+func (ev *event) fire() { ev.sub.e.retransmit(ev) }
+
+// transmission is one event packet sent to an LLQ. An LLQ remembers up to
+// maxPending of them: the small fields come last to share one word.
 type transmission struct {
-	id    uint16
 	ev    *event
 	adds  []bool // what this packet said about each of ev.keys
 	sent  time.Time
+	id    uint16
 	acked bool
 }
 
@@ -47,11 +54,11 @@ const eventUDPSize = 1232
 // delivery is one event packet to send once the engine lock is released.
 type delivery struct {
 	to      netip.AddrPort
-	msgID   uint16
 	llqID   uint64
-	lease   uint32
 	packet  []byte // shared template: msgID, llqID and lease are patched in
-	private bool   // packet belongs to this delivery alone
+	lease   uint32
+	msgID   uint16
+	private bool // packet belongs to this delivery alone
 }
 
 // statement is the part of a change that fits in one packet.
@@ -132,9 +139,10 @@ func freshID(s *subscription) uint16 {
 // e.mu held.
 func (e *Engine) track(ev *event, adds []bool, now time.Time) uint16 {
 	s := ev.sub
+	cfg := e.config()
 	// Forget packets older than a whole retransmission schedule: their
 	// events have been answered or given up on by now.
-	horizon := now.Add(-backoff(e.cfg.retransmit, e.cfg.attempts))
+	horizon := now.Add(-backoff(cfg.retransmit, cfg.attempts))
 	i := 0
 	for i < len(s.pending) && (s.pending[i].sent.Before(horizon) || len(s.pending)-i >= maxPending) {
 		i++
@@ -144,7 +152,7 @@ func (e *Engine) track(ev *event, adds []bool, now time.Time) uint16 {
 	id := freshID(s)
 	s.pending = append(s.pending, transmission{id: id, ev: ev, adds: adds, sent: now})
 	ev.live = id
-	e.sched.schedule(ev.retry, now.Add(backoff(e.cfg.retransmit, ev.tries)))
+	e.sched.schedule(&ev.retry, now.Add(backoff(cfg.retransmit, ev.tries)))
 	return id
 }
 
@@ -163,7 +171,7 @@ func backoff(d time.Duration, n int) time.Duration {
 
 func (e *Engine) newEvent(s *subscription, st statement) *event {
 	ev := &event{sub: s, keys: st.keys, rrs: st.rrs}
-	ev.retry = newTimer(func() { e.retransmit(ev) })
+	ev.retry.init(ev)
 	return ev
 }
 
@@ -185,7 +193,10 @@ func (e *Engine) publish(t *topic, added, removed []string, old answerSet, now t
 		packet []byte
 	}
 	bySize := make(map[uint16][]packed) // subscribers mostly share a handful of sizes
-	var out []delivery
+	// A change nearly always fits one packet: size the result for one
+	// delivery per subscriber rather than let append double (and copy) it
+	// a dozen times for a large topic.
+	out := make([]delivery, 0, len(t.subs))
 	for _, s := range t.subs {
 		chunks, ok := bySize[s.udpSize]
 		if !ok {
@@ -235,7 +246,7 @@ func (e *Engine) retransmit(ev *event) {
 		return
 	}
 	ev.tries++
-	if ev.tries >= e.cfg.attempts {
+	if ev.tries >= e.config().attempts {
 		e.drop(s)
 		droppedSilent.Inc()
 		e.mu.Unlock()
@@ -312,8 +323,21 @@ func (e *Engine) acknowledge(msgID uint16, llqID uint64, src netip.AddrPort) {
 	var ds []delivery
 	if !stale {
 		// Whichever transmission this was, it told the client the current
-		// truth about every record of the event: the event is done.
-		e.sched.cancel(ev.retry)
+		// truth about every record of the event: the event is done, unless
+		// another transmission of it is still unanswered. Delivered late,
+		// that one would tell the client stale news, and were its ack lost
+		// as well, the server would never hear of it. So the event is then
+		// stated once more, when such a copy has had twice a retransmission
+		// interval to arrive; the client has just proven alive, so that
+		// restatement starts a fresh count of attempts.
+		if !ev.settled && unanswered(s, ev) {
+			ev.settled = true
+			wait := backoff(e.config().retransmit, ev.tries+1)
+			ev.tries = 0
+			e.sched.schedule(&ev.retry, now.Add(wait))
+		} else {
+			e.sched.cancel(&ev.retry)
+		}
 	} else if d, err := e.restate(ev, now); err == nil {
 		// The client may now believe something no longer true: tell it
 		// the truth again, as the event's latest transmission.
@@ -321,4 +345,15 @@ func (e *Engine) acknowledge(msgID uint16, llqID uint64, src netip.AddrPort) {
 	}
 	e.mu.Unlock()
 	e.send(ds, "event")
+}
+
+// unanswered reports whether a transmission of ev to s is still waiting for
+// its acknowledgement. Call with e.mu held.
+func unanswered(s *subscription, ev *event) bool {
+	for _, tr := range s.pending {
+		if tr.ev == ev && !tr.acked {
+			return true
+		}
+	}
+	return false
 }

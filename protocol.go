@@ -99,14 +99,20 @@ func (e *Engine) serve(b []byte, src netip.AddrPort, tcp bool) (packed []byte) {
 	if tcp {
 		limit = dns.MaxMsgSize
 	}
-	if reply.Len() > limit {
+	// Pack, then measure: the size that counts is that of the bytes sent,
+	// and Msg.Len, which this used to ask first, costs nearly as much as
+	// packing (a compression map, and every EDNS0 option packed just to be
+	// measured) for a reply that almost always fits.
+	packed = pack(reply)
+	if len(packed) > limit {
 		// The LLQ stands. Over UDP the client fetches the answers over TCP
 		// by repeating its challenge response there; an answer set beyond
 		// even a TCP message stays truncated, as it would for a query.
 		reply.Answer = nil
 		reply.Truncated = true
+		packed = pack(reply)
 	}
-	return pack(reply)
+	return packed
 }
 
 // question handles the LLQ option of one question.
@@ -120,8 +126,19 @@ func (e *Engine) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.AddrPort, 
 	cfg := e.config()
 	switch o.Opcode {
 	case wire.OpSetup:
+		// One trip through the engine lock for what setup checks before
+		// establish: the backend, then for a first UDP setup the count
+		// limits (precheck) and for a challenge response whether the LLQ
+		// exists already (known).
+		var full *setupError
+		exists := false
 		e.mu.Lock()
 		b, _ := e.backendFor(keyOf(q).name)
+		if b != nil && o.Id == 0 && !tcp {
+			full = e.precheck(src.Addr())
+		} else if b != nil && o.Id != 0 {
+			exists = e.known(o.Id, src.Addr())
+		}
 		e.mu.Unlock()
 		if b == nil {
 			setups.WithLabelValues("static").Inc()
@@ -140,15 +157,15 @@ func (e *Engine) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.AddrPort, 
 		id := o.Id
 		if id == 0 {
 			if !tcp {
-				if err := e.precheck(src.Addr()); err != nil {
+				if full != nil {
 					setups.WithLabelValues("serv-full").Inc()
-					return fail(err.code, err.lease)
+					return fail(full.code, full.lease)
 				}
 				setups.WithLabelValues("challenged").Inc()
 				return wire.NewOption(wire.OpSetup, wire.NoError, e.chal.issue(now, src, q), lease), nil
 			}
 			id = e.chal.issue(now, client, q)
-		} else if !e.known(id, src.Addr()) && (tcp || !e.chal.valid(id, now, time.Duration(lease)*time.Second, src, q)) {
+		} else if !exists && (tcp || !e.chal.valid(id, now, time.Duration(lease)*time.Second, src, q)) {
 			setups.WithLabelValues("bad-challenge").Inc()
 			return fail(wire.NoSuchLLQ, 0)
 		}
@@ -176,19 +193,15 @@ func (e *Engine) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.AddrPort, 
 }
 
 // precheck tells a client at setup time that a count limit would refuse its
-// LLQ, before it bothers with the challenge.
+// LLQ, before it bothers with the challenge. Call with e.mu held.
 func (e *Engine) precheck(addr netip.Addr) *setupError {
-	e.mu.Lock()
-	defer e.mu.Unlock()
 	return e.admit(addr)
 }
 
 // known reports whether LLQ id exists for a client at addr: a repeated
 // challenge response (the ACK got lost) or one repeated over TCP after a
-// truncated ACK.
+// truncated ACK. Call with e.mu held.
 func (e *Engine) known(id uint64, addr netip.Addr) bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
 	s, ok := e.t.subs[id]
 	return ok && s.client.Addr() == addr
 }

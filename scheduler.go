@@ -12,11 +12,35 @@ import (
 // million goroutines.
 type timer struct {
 	at    time.Time
-	index int // position in the heap; -1 while not scheduled
-	fire  func()
+	index int   // position in the heap; -1 while not scheduled
+	f     firer // what to run when due
 }
 
-func newTimer(fire func()) *timer { return &timer{index: -1, fire: fire} }
+// firer is what a timer runs. The objects with a timer per LLQ or per event
+// (subscription, event) embed it by value and are its firer themselves: a
+// separately allocated timer and a closure to call back were two of the
+// three allocations per subscriber when a change fans out, and 80 of the
+// 208 heap bytes of a live LLQ.
+type firer interface{ fire() }
+
+// fireFunc makes a plain function a firer. A func value is a single
+// pointer, so the conversion to the interface allocates nothing.
+type fireFunc func()
+
+func (f fireFunc) fire() { f() }
+
+func newTimer(fire func()) *timer {
+	t := new(timer)
+	t.init(fireFunc(fire))
+	return t
+}
+
+// init readies a timer embedded by value. It must run before the timer is
+// scheduled or cancelled: the zero index would claim the top of the heap.
+func (t *timer) init(f firer) {
+	t.index = -1
+	t.f = f
+}
 
 type timerHeap []*timer
 
@@ -114,7 +138,7 @@ func (s *scheduler) run() {
 		}
 		s.mu.Unlock()
 		if due != nil {
-			due.fire()
+			due.f.fire()
 			continue
 		}
 		idle.Reset(wait)

@@ -24,24 +24,46 @@ type topic struct {
 	key      topicKey
 	question dns.Question // as the first subscriber spelled it
 	zone     string       // the served zone whose backend answers it
-	answers  answerSet
+	answers  answerSet    // change it with setAnswers only
+	sorted   []dns.RR     // answers in order, built on demand; nil when not yet built
 	subs     map[uint64]*subscription
 	client   netip.AddrPort // presented to the backend when re-resolving
 	dirty    bool           // queued for re-resolution
 }
 
-// subscription is one LLQ.
+// records returns t's answers in a deterministic order. Every ACK carries
+// them, so they are sorted once per change of the answers, not once per
+// ACK. Callers must not modify the slice. Call with e.mu held.
+func (t *topic) records() []dns.RR {
+	if t.sorted == nil { // records() never returns nil, so this caches empty sets too
+		t.sorted = t.answers.records()
+	}
+	return t.sorted
+}
+
+// setAnswers replaces t's answers and forgets their order. Call with e.mu
+// held.
+func (t *topic) setAnswers(a answerSet) {
+	t.answers = a
+	t.sorted = nil
+}
+
+// subscription is one LLQ. Fields are ordered so that the small ones share
+// a word: there is one of these per LLQ.
 type subscription struct {
 	id      uint64
 	topic   *topic
+	e       *Engine        // for the lease timer, which fires with s alone
 	client  netip.AddrPort // where events go
-	udpSize uint16         // largest event packet the client accepts
-	lease   time.Duration  // last granted
-	expires time.Time
-	expiry  *timer
+	expires time.Time      // end of the last granted lease
+	expiry  timer          // embedded, see firer; initialised by establish
 	pending []transmission // unacknowledged event packets, oldest first
+	udpSize uint16         // largest event packet the client accepts
 	gone    bool           // removed from the table; timers still pointing here must do nothing
 }
+
+// fire runs when s's lease timer is due.
+func (s *subscription) fire() { s.e.expire(s) }
 
 // remaining is the lease left at now, in whole seconds, for event packets.
 func (s *subscription) remaining(now time.Time) uint32 {

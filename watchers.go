@@ -6,7 +6,6 @@ import (
 
 	"github.com/coredns/coredns/plugin/file"
 	"github.com/coredns/coredns/plugin/file/tree"
-	"github.com/miekg/dns"
 )
 
 // A zoneProbe lists the zones a zone-file backend (file, auto, secondary)
@@ -89,7 +88,7 @@ func (w *watchers) covers(name string) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for z := range w.seen {
-		if dns.IsSubDomain(z, name) {
+		if subDomain(z, name) {
 			return true
 		}
 	}
