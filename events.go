@@ -218,20 +218,36 @@ func (e *Engine) publish(t *topic, added, removed []string, old answerSet, now t
 	return out
 }
 
-// send writes deliveries to the wire. Packets shared between deliveries are
-// patched in place, one at a time, which is why this runs on one goroutine.
+// send writes deliveries to the wire, a batch of datagrams per system call
+// where the platform allows: a change fanned out to a hundred thousand LLQs
+// is a hundred thousand datagrams, and the per-call overhead would be most
+// of the cost. Each datagram gets its own copy of the shared template, since
+// a batch is in flight all at once.
 func (e *Engine) send(ds []delivery, kind string) {
-	for _, d := range ds {
-		patch(d.packet, d.msgID, d.llqID, d.lease)
-		if err := e.ln.writeTo(d.packet, d.to); err != nil {
-			log.Debugf("event to %s: %v", d.to, err)
-			continue
+	sent := 0
+	for len(ds) > 0 {
+		n := min(len(ds), sendBatch)
+		batch := make([][]byte, n)
+		to := make([]netip.AddrPort, n)
+		for i, d := range ds[:n] {
+			b := d.packet
+			if !d.private {
+				b = append([]byte(nil), d.packet...)
+			}
+			patch(b, d.msgID, d.llqID, d.lease)
+			batch[i], to[i] = b, d.to
 		}
-		if kind == "retransmit" {
-			retransmissions.Inc()
-		} else {
-			eventsSent.Inc()
+		k, err := e.ln.writeBatch(batch, to)
+		if err != nil {
+			log.Debugf("event batch: %v", err)
 		}
+		sent += k
+		ds = ds[n:]
+	}
+	if kind == "retransmit" {
+		retransmissions.Add(float64(sent))
+	} else {
+		eventsSent.Add(float64(sent))
 	}
 }
 

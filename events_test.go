@@ -522,3 +522,18 @@ func TestRetransmitBackoffSchedule(t *testing.T) {
 		t.Fatalf("sent after the drop: %v", m)
 	}
 }
+
+// On a wildcard listener the socket is dual-stack IPv6, and events to an
+// IPv4 client go out in v4-mapped form, in a batch.
+func TestEventDualStackListener(t *testing.T) {
+	env := newTestEnv(t, func(c *config) { c.listen = ":0" })
+	if !env.e.ln.v6 {
+		t.Fatalf("a wildcard listener should be dual-stack IPv6")
+	}
+	c := newUDPClient(t)
+	id, _ := env.establish(t, c.addr, 1232, qWWW, 3600)
+	swapZone(t, env.zone, eventZone)
+	env.changed()
+	ev, _ := c.read(t, wait)
+	wantEvent(t, ev, qWWW, id)
+}

@@ -9,18 +9,23 @@ import (
 	"runtime"
 	"sync"
 	"time"
+
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 )
 
 // listener is llq's own socket pair. CoreDNS's listener drops every message
 // with QR=1 before a plugin sees it, and event acknowledgements are such
 // messages, so the LLQ exchange cannot live on CoreDNS's port.
 type listener struct {
-	e    *Engine
-	udp  *net.UDPConn
-	tcp  *net.TCPListener
-	wg   sync.WaitGroup
-	mu   sync.Mutex
-	open map[net.Conn]struct{}
+	e     *Engine
+	udp   *net.UDPConn
+	batch batchWriter
+	v6    bool // the UDP socket is IPv6 (possibly dual-stack)
+	tcp   *net.TCPListener
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	open  map[net.Conn]struct{}
 }
 
 // tcpIdle is how long a TCP client may stay silent before its connection is
@@ -46,6 +51,15 @@ func listen(addr string, e *Engine) (*listener, error) {
 	_ = udp.SetReadBuffer(4 << 20)
 	_ = udp.SetWriteBuffer(4 << 20)
 	l := &listener{e: e, udp: udp, tcp: tcp, open: make(map[net.Conn]struct{})}
+	// Go opens an AF_INET socket only for a specific IPv4 address; a
+	// wildcard, even 0.0.0.0, gets a dual-stack AF_INET6 one, whose local
+	// address then reads [::].
+	if udp.LocalAddr().(*net.UDPAddr).IP.To4() != nil {
+		l.batch = ipv4.NewPacketConn(udp)
+	} else {
+		l.v6 = true
+		l.batch = ipv6.NewPacketConn(udp)
+	}
 	readers := runtime.GOMAXPROCS(0)
 	l.wg.Add(readers + 1)
 	for range readers {
@@ -58,6 +72,47 @@ func listen(addr string, e *Engine) (*listener, error) {
 func (l *listener) writeTo(b []byte, to netip.AddrPort) error {
 	_, err := l.udp.WriteToUDPAddrPort(b, to)
 	return err
+}
+
+// sendBatch is how many datagrams one sendmmsg carries.
+const sendBatch = 64
+
+// batchWriter is ipv4.PacketConn or ipv6.PacketConn: their Message types are
+// one and the same.
+type batchWriter interface {
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+// writeBatch sends b[i] to to[i] and returns how many went out. On Linux a
+// batch is one sendmmsg; elsewhere x/net falls back to one write each.
+func (l *listener) writeBatch(b [][]byte, to []netip.AddrPort) (int, error) {
+	ms := make([]ipv4.Message, len(b))
+	for i := range b {
+		ms[i].Buffers = b[i : i+1]
+		ms[i].Addr = net.UDPAddrFromAddrPort(l.sockAddr(to[i]))
+	}
+	sent := 0
+	for sent < len(ms) {
+		n, err := l.batch.WriteBatch(ms[sent:], 0)
+		if err != nil {
+			// One unreachable address must not cost the rest of the batch.
+			sent++
+			if n > 0 {
+				sent += n - 1
+			}
+			continue
+		}
+		sent += n
+	}
+	return sent, nil
+}
+
+// sockAddr maps an IPv4 destination into IPv6 form on a dual-stack socket.
+func (l *listener) sockAddr(to netip.AddrPort) netip.AddrPort {
+	if l.v6 && to.Addr().Is4() {
+		return netip.AddrPortFrom(netip.AddrFrom16(to.Addr().As16()), to.Port())
+	}
+	return to
 }
 
 func (l *listener) serveUDP() {
