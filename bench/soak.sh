@@ -25,5 +25,5 @@ if [ $# -eq 0 ]; then
 	set -- -duration 30m -clients 1000 -per-client 10 -names 100 -loss 0.05 -churn 100ms
 fi
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(go version | cut -d' ' -f3-)"
-echo "command: llq soak @127.0.0.1:5352 $* -dns 127.0.0.1:1053 -zone $out/db.example.org -metrics http://127.0.0.1:9153/metrics"
-"$out/llq" soak @127.0.0.1:5352 "$@" -dns 127.0.0.1:1053 -zone "$out/db.example.org" -metrics http://127.0.0.1:9153/metrics
+echo "command: llq soak @127.0.0.1:2352 $* -dns 127.0.0.1:2053 -zone $out/db.example.org -metrics http://127.0.0.1:9253/metrics"
+"$out/llq" soak @127.0.0.1:2352 "$@" -dns 127.0.0.1:2053 -zone "$out/db.example.org" -metrics http://127.0.0.1:9253/metrics
