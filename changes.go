@@ -1,6 +1,11 @@
 package llq
 
-import "time"
+import (
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+)
 
 // change is what a trigger reports: something at or below zone may differ
 // now. Triggers never say what changed; the resolver finds out by asking the
@@ -11,6 +16,25 @@ type change struct {
 	// uncovered limits the change to topics that no native trigger watches:
 	// the poll fallback must not re-resolve what file reloads already report.
 	uncovered bool
+	// affects, when set, narrows the change to the topics (lower-cased
+	// names) in zone it returns true for: an etcd key touches a few names,
+	// not its zone. nil means every topic in zone.
+	affects func(name string) bool
+}
+
+// reaches reports whether ch may have changed t's answers. Besides t's own
+// name, the targets of CNAMEs in its answers count: the backend follows
+// those, so a change to a target changes t. Call with e.mu held.
+func (ch change) reaches(t *topic) bool {
+	if ch.affects == nil || ch.affects(t.key.name) {
+		return true
+	}
+	for _, rr := range t.answers {
+		if c, ok := rr.(*dns.CNAME); ok && ch.affects(strings.ToLower(c.Target)) {
+			return true
+		}
+	}
+	return false
 }
 
 // changeQueue debounces changes and re-resolves the affected topics on one
@@ -94,7 +118,7 @@ func (c *changeQueue) process() {
 	var todo []work
 	for _, t := range e.t.topics {
 		for _, ch := range pending {
-			if !subDomain(ch.zone, t.key.name) {
+			if !subDomain(ch.zone, t.key.name) || !ch.reaches(t) {
 				continue
 			}
 			if ch.uncovered && e.watch.covers(t.key.name) {

@@ -37,15 +37,8 @@ func listen(addr string, e *Engine) (*listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	udp, err := net.ListenUDP("udp", ua)
+	udp, tcp, err := bindPair(ua)
 	if err != nil {
-		return nil, err
-	}
-	// Bind TCP to the very port UDP got, which matters when addr says :0.
-	ta := &net.TCPAddr{IP: ua.IP, Port: udp.LocalAddr().(*net.UDPAddr).Port, Zone: ua.Zone}
-	tcp, err := net.ListenTCP("tcp", ta)
-	if err != nil {
-		udp.Close()
 		return nil, err
 	}
 	_ = udp.SetReadBuffer(4 << 20)
@@ -67,6 +60,26 @@ func listen(addr string, e *Engine) (*listener, error) {
 	}
 	go l.serveTCP()
 	return l, nil
+}
+
+// bindPair binds UDP and then TCP on the same port. With port 0 the port
+// UDP got may be taken for TCP by another program; then it tries another.
+func bindPair(ua *net.UDPAddr) (*net.UDPConn, *net.TCPListener, error) {
+	for attempt := 0; ; attempt++ {
+		udp, err := net.ListenUDP("udp", ua)
+		if err != nil {
+			return nil, nil, err
+		}
+		ta := &net.TCPAddr{IP: ua.IP, Port: udp.LocalAddr().(*net.UDPAddr).Port, Zone: ua.Zone}
+		tcp, err := net.ListenTCP("tcp", ta)
+		if err == nil {
+			return udp, tcp, nil
+		}
+		udp.Close()
+		if ua.Port != 0 || attempt == 10 {
+			return nil, nil, err
+		}
+	}
 }
 
 func (l *listener) writeTo(b []byte, to netip.AddrPort) error {

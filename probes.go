@@ -7,9 +7,10 @@ import (
 	"github.com/coredns/coredns/plugin/secondary"
 )
 
-// probes finds the zone-file backends of a server block and returns a
-// change probe for each.
-func probes(conf *dnsserver.Config, owner *LLQ) []zoneProbe {
+// probes finds the backends of a server block that have a native change
+// signal (zone files, hosts, etcd) and returns a change probe for each. The
+// etcd probe's watch runs from now until the probe is stopped.
+func probes(conf *dnsserver.Config, owner *LLQ, e *Engine) []zoneProbe {
 	var out []zoneProbe
 	if f, ok := conf.Handler("file").(file.File); ok {
 		out = append(out, zoneProbe{owner: owner, trigger: "file", zones: staticZones(f.Zones)})
@@ -33,6 +34,9 @@ func probes(conf *dnsserver.Config, owner *LLQ) []zoneProbe {
 			}
 		}})
 	}
+	out = append(out, hostsProbe(conf, owner)...)
+	out = append(out, etcdProbe(conf, owner, e)...)
+	out = append(out, kubeProbe(conf, owner)...)
 	return out
 }
 

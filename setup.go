@@ -32,7 +32,7 @@ func setup(c *caddy.Controller) error {
 		}
 		l.setEngine(e)
 		e.register(&backend{owner: l, zones: zones, handler: below(conf, l)})
-		e.watch.add(probes(conf, l)...)
+		e.watch.add(probes(conf, l, e)...)
 		log.Infof("LLQ listener on %s for %v", e.Addr(), zones)
 		return nil
 	})

@@ -15,6 +15,15 @@ type zoneProbe struct {
 	owner   *LLQ
 	trigger string
 	zones   func(yield func(origin string, z *file.Zone))
+
+	// A backend that is not a zone file (hosts, etcd) sets these instead.
+	// changed runs on every scan and returns the zones that changed since
+	// the last one; covers says which names the probe watches, so that the
+	// poll leaves them alone; stop ends what the probe runs on its own
+	// (etcd's watch) when the probe is removed.
+	changed func() []string
+	covers  func(name string) bool
+	stop    func()
 }
 
 // watchers runs the native triggers (zone probes) and the poll fallback for
@@ -59,9 +68,12 @@ func (w *watchers) armPoll() {
 func (w *watchers) stop() {
 	w.mu.Lock()
 	w.closed = true
+	probes := w.probes
+	w.probes = nil
 	w.mu.Unlock()
 	w.e.sched.cancel(w.scan)
 	w.e.sched.cancel(w.poll)
+	stopProbes(probes)
 }
 
 func (w *watchers) add(probes ...zoneProbe) {
@@ -71,15 +83,27 @@ func (w *watchers) add(probes ...zoneProbe) {
 }
 
 func (w *watchers) remove(owner *LLQ) {
+	var gone []zoneProbe
 	w.mu.Lock()
 	kept := w.probes[:0]
 	for _, p := range w.probes {
 		if p.owner != owner {
 			kept = append(kept, p)
+		} else {
+			gone = append(gone, p)
 		}
 	}
 	w.probes = kept
 	w.mu.Unlock()
+	stopProbes(gone)
+}
+
+func stopProbes(probes []zoneProbe) {
+	for _, p := range probes {
+		if p.stop != nil {
+			p.stop()
+		}
+	}
 }
 
 // covers reports whether a zone probe watches name, in which case the poll
@@ -89,6 +113,11 @@ func (w *watchers) covers(name string) bool {
 	defer w.mu.Unlock()
 	for z := range w.seen {
 		if subDomain(z, name) {
+			return true
+		}
+	}
+	for _, p := range w.probes {
+		if p.covers != nil && p.covers(name) {
 			return true
 		}
 	}
@@ -104,6 +133,14 @@ func (w *watchers) scanZones() {
 	}
 	now := make(map[string]*tree.Tree, len(w.seen))
 	for _, p := range w.probes {
+		if p.changed != nil {
+			for _, z := range p.changed() {
+				changed = append(changed, change{trigger: p.trigger, zone: z})
+			}
+		}
+		if p.zones == nil {
+			continue
+		}
 		p.zones(func(origin string, z *file.Zone) {
 			z.RLock()
 			t := z.Tree

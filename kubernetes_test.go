@@ -1,0 +1,201 @@
+package llq
+
+import (
+	"context"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	external "github.com/coredns/coredns/plugin/k8s_external"
+	"github.com/coredns/coredns/plugin/kubernetes"
+	"github.com/coredns/coredns/plugin/kubernetes/object"
+	api "k8s.io/api/core/v1"
+)
+
+// fakeModified stands in for the kubernetes plugin's APIConn: one Unix
+// second per mode, as the plugin's informer handlers store them, and
+// whether its caches have synced.
+type fakeModified struct {
+	mod      [len(kubeModes)]atomic.Int64
+	unsynced atomic.Bool
+}
+
+func (f *fakeModified) Modified(m kubernetes.ModifiedMode) int64 { return f.mod[m].Load() }
+
+func (f *fakeModified) HasSynced() bool { return !f.unsynced.Load() }
+
+// TestKubeWatchSameSecond: a change is reported when the modification time
+// moves, and once more just after its second has passed, so that a second
+// change within the same second (which leaves the time as it was) is not
+// lost.
+func TestKubeWatchSameSecond(t *testing.T) {
+	src := new(fakeModified)
+	const T = 1_700_000_000
+	src.mod[kubernetes.ModifiedInternal].Store(T - 5)
+	w := newKubeWatch(src)
+	var now time.Time
+	w.now = func() time.Time { return now }
+	at := func(s int64, ms int) bool {
+		now = time.Unix(s, int64(ms)*int64(time.Millisecond))
+		return w.check()
+	}
+	at(T-5, 500) // the sync (see TestKubeWatchSync)
+	at(T-4, 500)
+
+	if at(T, 0) {
+		t.Fatal("reported a change with none")
+	}
+	src.mod[kubernetes.ModifiedInternal].Store(T)
+	if !at(T, 200) {
+		t.Fatal("missed a change of the modification time")
+	}
+	// A second change in second T leaves the time at T: nothing to see
+	// until T is over.
+	for _, ms := range []int{300, 900, 1000, 1050} {
+		if at(T, ms) {
+			t.Fatalf("reported a change at T+%d ms", ms)
+		}
+	}
+	if !at(T+1, int(kubeSettle/time.Millisecond)) {
+		t.Fatal("no second look after the change's second ended")
+	}
+	if at(T+1, 200) || at(T+5, 0) {
+		t.Fatal("the second look repeats")
+	}
+
+	// Changes in consecutive seconds move the second look along; so does a
+	// change of another mode.
+	src.mod[kubernetes.ModifiedInternal].Store(T + 6)
+	if !at(T+6, 100) {
+		t.Fatal("missed a change")
+	}
+	src.mod[kubernetes.ModifiedExternal].Store(T + 7)
+	if !at(T+7, 50) {
+		t.Fatal("missed a change of the external services")
+	}
+	if at(T+7, 150) {
+		t.Fatal("second look for T+6 came while T+7 is still running")
+	}
+	if !at(T+8, 100) {
+		t.Fatal("no second look after T+7")
+	}
+	if at(T+9, 0) {
+		t.Fatal("the second look repeats")
+	}
+}
+
+// TestKubeWatchSync: nothing is reported while the caches fill, however the
+// modification time moves; the sync is one change, with its second look.
+func TestKubeWatchSync(t *testing.T) {
+	src := new(fakeModified)
+	src.unsynced.Store(true)
+	const T = 1_700_000_000
+	w := newKubeWatch(src)
+	var now time.Time
+	w.now = func() time.Time { return now }
+	at := func(s int64, ms int) bool {
+		now = time.Unix(s, int64(ms)*int64(time.Millisecond))
+		return w.check()
+	}
+	for i := range 5 {
+		src.mod[kubernetes.ModifiedInternal].Store(T + int64(i))
+		if at(T+int64(i), 500) {
+			t.Fatalf("reported a change at T+%d before the sync", i)
+		}
+	}
+	src.unsynced.Store(false)
+	if !at(T+4, 600) {
+		t.Fatal("the sync is not a change")
+	}
+	if at(T+4, 700) {
+		t.Fatal("reported a change with none")
+	}
+	if !at(T+5, 100) {
+		t.Fatal("no second look after the sync's second")
+	}
+	src.unsynced.Store(true) // HasSynced is not asked again
+	src.mod[kubernetes.ModifiedInternal].Store(T + 6)
+	if !at(T+6, 0) {
+		t.Fatal("missed a change after the sync")
+	}
+}
+
+// apiConn is the method set of the kubernetes plugin's (unexported)
+// dnsController interface, so that a stub can stand in for APIConn.
+type apiConn interface {
+	ServiceList() []*object.Service
+	EndpointsList() []*object.Endpoints
+	ServiceImportList() []*object.ServiceImport
+	SvcIndex(string) []*object.Service
+	SvcIndexReverse(string) []*object.Service
+	SvcExtIndexReverse(string) []*object.Service
+	SvcImportIndex(string) []*object.ServiceImport
+	PodIndex(string) []*object.Pod
+	EpIndex(string) []*object.Endpoints
+	EpIndexReverse(string) []*object.Endpoints
+	McEpIndex(string) []*object.MultiClusterEndpoints
+	GetNodeByName(context.Context, string) (*api.Node, error)
+	GetNamespaceByName(string) (*object.Namespace, error)
+	Run()
+	HasSynced() bool
+	Stop() error
+	Modified(kubernetes.ModifiedMode) int64
+}
+
+// stubConn answers SvcIndex, HasSynced and Modified; anything else panics.
+type stubConn struct {
+	apiConn
+	*fakeModified
+	svcs map[string][]*object.Service
+}
+
+func (s stubConn) SvcIndex(key string) []*object.Service { return s.svcs[key] }
+
+func (s stubConn) Modified(m kubernetes.ModifiedMode) int64 { return s.fakeModified.Modified(m) }
+
+func (s stubConn) HasSynced() bool { return s.fakeModified.HasSynced() }
+
+// TestKubeProbe: the probe marks the kubernetes and k8s_external zones on a
+// change, and covers their names except those that fall through and
+// ExternalName services.
+func TestKubeProbe(t *testing.T) {
+	src := new(fakeModified)
+	k := kubernetes.New([]string{"Cluster.Local.", "in-addr.arpa."})
+	k.Fall.SetZonesFromArgs([]string{"in-addr.arpa."})
+	k.APIConn = stubConn{fakeModified: src, svcs: map[string][]*object.Service{
+		"web.prod":  {{Name: "web", Namespace: "prod", Type: api.ServiceTypeClusterIP}},
+		"mail.prod": {{Name: "mail", Namespace: "prod", Type: api.ServiceTypeExternalName, ExternalName: "mx.example.net."}},
+	}}
+	x := external.New()
+	x.Zones = []string{"example.com."}
+	p := newKubeProbe(nil, k, x)
+
+	all := []string{"cluster.local.", "in-addr.arpa.", "example.com."}
+	if z := p.changed(); !slices.Equal(z, all) { // the sync
+		t.Fatalf("marked %v at the sync", z)
+	}
+	if z := p.changed(); z != nil {
+		t.Fatalf("marked %v with no change", z)
+	}
+	src.mod[kubernetes.ModifiedInternal].Store(time.Now().Unix())
+	if z := p.changed(); !slices.Equal(z, all) {
+		t.Fatalf("marked %v", z)
+	}
+
+	for name, want := range map[string]bool{
+		"web.prod.svc.cluster.local.":             true,
+		"_http._tcp.web.prod.svc.Cluster.Local.":  true,
+		"10-0-0-1.web.prod.svc.cluster.local.":    true,
+		"other.prod.svc.cluster.local.":           true, // NXDOMAIN until a Service appears
+		"mail.prod.svc.cluster.local.":            false,
+		"_smtp._tcp.mail.prod.svc.cluster.local.": false,
+		"1.0.0.10.in-addr.arpa.":                  false, // fallthrough
+		"web.prod.example.com.":                   true,
+		"example.org.":                            false,
+	} {
+		if got := p.covers(name); got != want {
+			t.Errorf("covers(%s) = %v, want %v", name, got, want)
+		}
+	}
+}
