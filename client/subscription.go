@@ -34,6 +34,7 @@ type Subscription struct {
 	mu      sync.Mutex
 	state   state
 	lease   time.Duration // last granted
+	expires time.Time     // when the last granted lease runs out
 	want    time.Duration // last requested; asked for again by automatic refreshes
 	answers answerSet
 	early   []Event     // events that overtook the ACK+Answers, not yet applied
@@ -153,6 +154,7 @@ func (s *Subscription) refresh(ctx context.Context, lease time.Duration) (time.D
 	s.mu.Lock()
 	if s.state == live {
 		s.lease, s.want = granted, lease
+		s.expires = time.Now().Add(granted)
 		s.timer.Reset(s.refreshIn(granted))
 	}
 	s.mu.Unlock()
@@ -169,9 +171,24 @@ func (s *Subscription) autoRefresh() {
 	if st != live {
 		return
 	}
-	if _, err := s.refresh(s.ctx, want); err != nil {
-		s.end(fmt.Errorf("llq: refresh of LLQ %#x failed, subscription lost: %w", s.id, err))
+	_, err := s.refresh(s.ctx, want)
+	if err == nil {
+		return
 	}
+	// Silence is no verdict while the lease lasts: on a lossy path all
+	// three transmissions of one refresh can be lost, and the LLQ still
+	// stands on the server. Try again as long as another full round of
+	// retransmissions fits in what is left of the lease.
+	var nr *NoReplyError
+	s.mu.Lock()
+	left := time.Until(s.expires)
+	if errors.As(err, &nr) && s.state == live && left > nr.Waited {
+		s.timer.Reset(0)
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	s.end(fmt.Errorf("llq: refresh of LLQ %#x failed, subscription lost: %w", s.id, err))
 }
 
 func (s *Subscription) refreshIn(lease time.Duration) time.Duration {
@@ -211,6 +228,7 @@ func (s *Subscription) establish(answers []dns.RR, lease time.Duration) (early [
 	}
 	s.state = live
 	s.lease = lease
+	s.expires = time.Now().Add(lease)
 	s.answers = newAnswerSet(answers)
 	s.timer = time.AfterFunc(s.refreshIn(lease), s.autoRefresh)
 	early, s.early = s.early, nil
