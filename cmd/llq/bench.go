@@ -98,16 +98,9 @@ func parseBench(args []string, stderr io.Writer) (*benchArgs, error) {
 	fs.DurationVar(&b.report, "report", time.Second, "progress report interval")
 	fs.DurationVar(&b.poll, "poll", 0, "instead of LLQs, poll the names with ordinary queries to -dns at this interval (the alternative LLQ replaces)")
 	fs.BoolVar(&b.baseline, "baseline", false, "after the hold, time a bare Go UDP sender sending one packet to every socket")
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return nil, err
 	}
 	if len(pos) != 1 || !strings.HasPrefix(pos[0], "@") {
 		fs.Usage()

@@ -9,6 +9,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -65,4 +66,21 @@ func usage(w io.Writer) {
 		fmt.Fprintf(w, "  llq %s %s\n      %s\n", c.name, c.args, c.summary)
 	}
 	fmt.Fprintln(w, "\nRun 'llq COMMAND -h' for a command's flags.")
+}
+
+// parseInterspersed parses flags wherever they stand among the arguments
+// and returns the positional ones: the flag package stops at the first
+// argument, but LLQ users write flags after the name, as dig users do.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
 }

@@ -86,16 +86,9 @@ func parseSoak(args []string, stderr io.Writer) (soak.Config, string, error) {
 	fs.DurationVar(&cfg.Retry, "retry", time.Second, "client retransmission interval")
 	fs.DurationVar(&cfg.Settle, "settle", time.Minute, "time allowed for views to converge after the last change")
 	fs.StringVar(&metrics, "metrics", "", "the server's Prometheus endpoint, e.g. http://127.0.0.1:9153/metrics")
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return cfg, "", err
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return cfg, "", err
 	}
 	if len(pos) != 1 || !strings.HasPrefix(pos[0], "@") || cfg.DNS == "" || cfg.Zone == "" {
 		fs.Usage()

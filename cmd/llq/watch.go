@@ -71,18 +71,9 @@ func parseWatch(args []string, stderr io.Writer) (*watchArgs, error) {
 	fs.DurationVar(&w.opts.RetryInterval, "retry", client.DefaultRetryInterval, "wait before the first retransmission; the next waits double")
 	udpSize := fs.Uint("udpsize", client.DefaultUDPSize, "EDNS0 UDP payload size to advertise")
 
-	// The flag package stops at the first argument; LLQ users write flags
-	// after the name as dig users do.
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return nil, err
 	}
 	if *udpSize < 512 || *udpSize > 65535 {
 		return nil, fmt.Errorf("-udpsize %d is not between 512 and 65535", *udpSize)
