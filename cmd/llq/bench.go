@@ -46,6 +46,7 @@ type benchArgs struct {
 	name        string
 	qtype       uint16
 	window      int
+	inflight    int
 	lease       time.Duration
 	hold        time.Duration
 	loss        float64
@@ -87,6 +88,7 @@ func parseBench(args []string, stderr io.Writer) (*benchArgs, error) {
 	fs.StringVar(&b.name, "name", "n%d.example.org.", "question name, formatted with the name index")
 	qtype := fs.String("type", "A", "question type")
 	fs.IntVar(&b.window, "window", 16, "handshakes in flight per socket")
+	fs.IntVar(&b.inflight, "inflight", 4096, "handshakes in flight in all")
 	fs.DurationVar(&b.lease, "lease", time.Hour, "lease to request")
 	fs.DurationVar(&b.hold, "hold", 0, "keep the LLQs (acking events, refreshing) this long after set-up")
 	fs.Float64Var(&b.loss, "loss", 0, "fraction of packets lost in each direction")
@@ -194,6 +196,7 @@ type benchSocket struct {
 	b     *benchArgs
 	conn  *net.UDPConn
 	llqs  []*benchLLQ
+	next  int // llqs[:next] have been started
 	mu    sync.Mutex
 	byMsg map[uint16]*benchLLQ
 	byID  map[uint64]*benchLLQ
@@ -264,16 +267,10 @@ func (b *benchArgs) run(ctx context.Context, out io.Writer) error {
 	}
 	start := time.Now()
 	setupCtx, cancel := context.WithCancel(ctx)
-	var drive sync.WaitGroup
-	for _, s := range socks {
-		if b.poll > 0 {
-			break // pollers need no set-up
-		}
-		drive.Add(1)
-		go func() { defer drive.Done(); s.setupAll(setupCtx) }()
-	}
 	stopReport := b.progress(out, st, start)
-	drive.Wait()
+	if b.poll == 0 { // pollers need no set-up
+		drive(setupCtx, socks, b.inflight)
+	}
 	cancel()
 	setupTime := time.Since(start)
 	cpu1, _ := procCPU(b.pid)
@@ -283,13 +280,14 @@ func (b *benchArgs) run(ctx context.Context, out io.Writer) error {
 		holdCtx, stop := context.WithTimeout(ctx, b.hold)
 		var hold sync.WaitGroup
 		sent0, recv0 := st.sent.Load(), st.received.Load()
-		for _, s := range socks {
-			hold.Add(1)
-			if b.poll > 0 {
+		if b.poll > 0 {
+			for _, s := range socks {
+				hold.Add(1)
 				go func() { defer hold.Done(); s.pollLoop(holdCtx) }()
-				continue
 			}
-			go func() { defer hold.Done(); s.keepAlive(holdCtx) }()
+		} else {
+			hold.Add(1)
+			go func() { defer hold.Done(); keepAlive(holdCtx, socks) }()
 		}
 		holdPackets := func() int64 { return st.sent.Load() - sent0 + st.received.Load() - recv0 }
 		if b.zone != "" {
@@ -329,54 +327,81 @@ func (b *benchArgs) run(ctx context.Context, out io.Writer) error {
 	return nil
 }
 
-// setupAll runs the four-way handshake for every LLQ of the socket, keeping
-// -window handshakes in flight and retransmitting as RFC 8764 asks.
-func (s *benchSocket) setupAll(ctx context.Context) {
-	next := 0
-	inflight := 0
+// drive runs the four-way handshakes of every socket from one goroutine:
+// a hundred thousand sockets with a ticker each would cost the bench more
+// CPU than the server. It keeps -window handshakes in flight per socket and
+// -inflight in all, and retransmits as RFC 8764 asks.
+func drive(ctx context.Context, socks []*benchSocket, limit int) {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
-	for {
-		s.mu.Lock()
-		inflight = 0
-		done := 0
-		now := time.Now()
-		for _, l := range s.llqs[:next] {
-			switch l.state {
-			case stSetup, stChallenge:
-				inflight++
-				if now.Sub(l.sent) > s.b.retry<<uint(l.tries-1) {
-					if l.tries >= 3 {
-						l.state = stFailed
-						s.st.failed.Add(1)
-						s.st.errs[7].Add(1)
-						continue
-					}
-					l.tries++
-					s.st.retransmitted.Add(1)
-					s.sendLocked(l, now)
-				}
-			default:
-				done++
+	pending := append([]*benchSocket(nil), socks...) // filtered in place below
+	for len(pending) > 0 && ctx.Err() == nil {
+		inflight := 0
+		for _, s := range pending {
+			inflight += s.inflight()
+		}
+		next := pending[:0]
+		for _, s := range pending {
+			started, done := s.step(time.Now(), limit-inflight)
+			inflight += started
+			if !done {
+				next = append(next, s)
 			}
 		}
-		for next < len(s.llqs) && inflight < s.b.window {
-			l := s.llqs[next]
-			next++
-			l.state, l.start, l.tries = stSetup, now, 1
-			s.sendLocked(l, now)
-			inflight++
-		}
-		s.mu.Unlock()
-		if done == len(s.llqs) || ctx.Err() != nil {
-			return
-		}
+		pending = next
 		select {
 		case <-ctx.Done():
-			return
 		case <-tick.C:
 		}
 	}
+}
+
+func (s *benchSocket) inflight() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, l := range s.llqs[:s.next] {
+		if l.state == stSetup || l.state == stChallenge {
+			n++
+		}
+	}
+	return n
+}
+
+// step retransmits what is due, starts up to budget new handshakes, and
+// reports how many it started and whether every LLQ of the socket is done.
+func (s *benchSocket) step(now time.Time, budget int) (started int, done bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	inflight, finished := 0, 0
+	for _, l := range s.llqs[:s.next] {
+		switch l.state {
+		case stSetup, stChallenge:
+			inflight++
+			if now.Sub(l.sent) > s.b.retry<<uint(l.tries-1) {
+				if l.tries >= 3 {
+					l.state = stFailed
+					s.st.failed.Add(1)
+					s.st.errs[7].Add(1)
+					continue
+				}
+				l.tries++
+				s.st.retransmitted.Add(1)
+				s.sendLocked(l, now)
+			}
+		default:
+			finished++
+		}
+	}
+	for s.next < len(s.llqs) && inflight < s.b.window && started < budget {
+		l := s.llqs[s.next]
+		s.next++
+		l.state, l.start, l.tries = stSetup, now, 1
+		s.sendLocked(l, now)
+		inflight++
+		started++
+	}
+	return started, finished == len(s.llqs)
 }
 
 // sendLocked sends l's next handshake or refresh message. Call with s.mu held.
@@ -549,8 +574,9 @@ func (s *benchSocket) event(m *dns.Msg, o *dns.EDNS0_LLQ, now time.Time) {
 	}
 }
 
-// keepAlive refreshes LLQs at 80 % of their lease until ctx ends.
-func (s *benchSocket) keepAlive(ctx context.Context) {
+// keepAlive refreshes LLQs at 80 % of their lease until ctx ends, for every
+// socket from one goroutine.
+func keepAlive(ctx context.Context, socks []*benchSocket) {
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -558,14 +584,16 @@ func (s *benchSocket) keepAlive(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case now := <-tick.C:
-			s.mu.Lock()
-			for _, l := range s.llqs {
-				if l.state == stLive && now.After(l.refresh) {
-					l.refresh = now.Add(s.b.retry)
-					s.sendLocked(l, now)
+			for _, s := range socks {
+				s.mu.Lock()
+				for _, l := range s.llqs {
+					if l.state == stLive && now.After(l.refresh) {
+						l.refresh = now.Add(s.b.retry)
+						s.sendLocked(l, now)
+					}
 				}
+				s.mu.Unlock()
 			}
-			s.mu.Unlock()
 		}
 	}
 }
