@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/llqdns/llq/client"
+	"github.com/llqdns/llq/wire"
 	"github.com/miekg/dns"
 	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -777,4 +778,139 @@ func testKubernetesDeployment(t *testing.T, cp *controlPlane) {
 	cp.setEndpoints(t, web, "web", "http", 80, corev1.ProtocolTCP, endpoint{ip: "10.3.0.1"}, endpoint{ip: "10.3.0.2"})
 	converge(t, sub, aRecords(t, name, "10.3.0.1", "10.3.0.2"))
 	expectChanges(t, sub, aRecords(t, name, "10.3.0.2"), nil)
+}
+
+// TestKubernetesTriggerLatency measures the kubernetes trigger's latency:
+// from an EndpointSlice Update call returning (the change committed in the
+// API server) to the event packet reaching the client's socket, in its
+// OnPacket hook. It is a measurement, not a check, so it only runs with
+// LLQ_TRIGGER_LATENCY=1 (see bench/trigger-latency.md); LLQ_TRIGGER_LATENCY_N
+// sets the number of changes (default 100).
+func TestKubernetesTriggerLatency(t *testing.T) {
+	if os.Getenv("LLQ_TRIGGER_LATENCY") != "1" {
+		t.Skip("a measurement: set LLQ_TRIGGER_LATENCY=1 to run it")
+	}
+	n := 100
+	if s := os.Getenv("LLQ_TRIGGER_LATENCY_N"); s != "" {
+		var err error
+		if n, err = strconv.Atoi(s); err != nil || n < 1 {
+			t.Fatalf("LLQ_TRIGGER_LATENCY_N=%q", s)
+		}
+	}
+	cp := startControlPlane(t)
+	ns := cp.namespace(t)
+	const svc, port = "web", "http"
+	cp.headless(t, ns, svc, port, 80, corev1.ProtocolTCP)
+	cp.setEndpoints(t, ns, svc, port, 80, corev1.ProtocolTCP, endpoint{ip: "10.1.0.1"})
+
+	llqPort := freePort(t)
+	startCoreDNS(t, fmt.Sprintf(`cluster.local:0 {
+    bind 127.0.0.1
+    llq {
+        listen 127.0.0.1:%d
+        poll 0
+    }
+    kubernetes cluster.local {
+        kubeconfig %s %s
+    }
+}
+`, llqPort, cp.kubeconfig, kubeContext))
+
+	// Arrival times of event packets, stamped before any parsing beyond
+	// telling an event from the rest.
+	events := make(chan time.Time, 16)
+	hook := func(dir client.Direction, _ netip.AddrPort, b []byte) {
+		if dir != client.Received {
+			return
+		}
+		now := time.Now()
+		m := new(dns.Msg)
+		if m.Unpack(b) != nil {
+			return
+		}
+		if opts := wire.Options(m); len(opts) != 1 || opts[0].Opcode != wire.OpEvent {
+			return
+		}
+		select {
+		case events <- now:
+		default:
+		}
+	}
+	name := svc + "." + ns + ".svc.cluster.local."
+	c := dial(t, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), llqPort), client.Options{OnPacket: hook})
+	a := subscribe(t, c, name, dns.TypeA)
+	converge(t, a, aRecords(t, name, "10.1.0.1"))
+
+	api := cp.client.DiscoveryV1().EndpointSlices(ns)
+	ctx := context.Background()
+	slice, err := api.Get(ctx, svc+"-llq", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready := true
+	var issued, returned []time.Duration
+	lost := 0
+	for i := range n {
+		// A random pause, so that changes land at random points of the
+		// second (the plugin's Modified() has 1 s resolution).
+		var r [2]byte
+		rand.Read(r[:])
+		time.Sleep(time.Duration(int(r[0])<<8|int(r[1])) * 1200 * time.Millisecond / 65536)
+		drainTimes(events)
+		// Alternately two endpoints and one.
+		eps := []discoveryv1.Endpoint{{Addresses: []string{"10.1.0.1"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}}
+		want := []string{"10.1.0.1"}
+		if i%2 == 0 {
+			eps = append(eps, discoveryv1.Endpoint{Addresses: []string{"10.1.0.2"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}})
+			want = append(want, "10.1.0.2")
+		}
+		slice.Endpoints = eps
+		t0 := time.Now()
+		slice, err = api.Update(ctx, slice, metav1.UpdateOptions{})
+		t1 := time.Now()
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case at := <-events:
+			issued = append(issued, at.Sub(t0))
+			returned = append(returned, at.Sub(t1))
+		case <-time.After(5 * time.Second):
+			lost++
+		}
+		// The client's view must follow, before the next change.
+		converge(t, a, aRecords(t, name, want...))
+	}
+	t.Logf("kubernetes trigger, %d changes, %d lost (no event within 5 s)", n, lost)
+	for _, s := range []struct {
+		from string
+		lat  []time.Duration
+	}{{"issued", issued}, {"returned", returned}} {
+		slices.Sort(s.lat)
+		var sum time.Duration
+		for _, d := range s.lat {
+			sum += d
+		}
+		if len(s.lat) == 0 {
+			continue
+		}
+		// The quantiles as bench/trigger-latency computes them.
+		q := func(p float64) time.Duration { return s.lat[min(len(s.lat)-1, int(p*float64(len(s.lat))))] }
+		t.Logf("from %-8s min %v p50 %v p90 %v p99 %v max %v mean %v", s.from,
+			q(0).Round(10*time.Microsecond), q(0.5).Round(10*time.Microsecond), q(0.9).Round(10*time.Microsecond),
+			q(0.99).Round(10*time.Microsecond), q(1).Round(10*time.Microsecond), (sum / time.Duration(len(s.lat))).Round(10*time.Microsecond))
+	}
+	if lost > 0 {
+		t.Errorf("%d of %d changes produced no event within 5 s", lost, n)
+	}
+}
+
+func drainTimes(ch chan time.Time) {
+	for {
+		select {
+		case <-ch:
+		default:
+			return
+		}
+	}
 }
