@@ -10,20 +10,7 @@ cd "$(dirname "$0")/.."
 # A fan-out to 100,000 subscribers needs 100,000 client sockets.
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 out=${BENCH_OUT:-/tmp/llq-bench}
-mkdir -p "$out"
-go build -o "$out/coredns" ./cmd/coredns
-go build -o "$out/llq" ./cmd/llq
-
-# The file plugin wants the zone to exist at start; the bench rewrites it.
-printf '$ORIGIN example.org.\n@ 3600 IN SOA ns1 hostmaster 1 7200 3600 1209600 3600\n@ 3600 IN NS ns1\nns1 3600 IN A 127.0.0.1\n' >"$out/db.example.org"
-sed "s#/tmp/llq-bench#$out#" bench/Corefile >"$out/Corefile"
-"$out/coredns" -conf "$out/Corefile" >"$out/coredns.log" 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
-for _ in $(seq 50); do
-	grep -q "LLQ listener" "$out/coredns.log" && break
-	sleep 0.1
-done
+. bench/start.sh Corefile
 
 if [ $# -eq 0 ]; then
 	set -- -llqs 100000 -sockets 1001 -addrs 250 -names 1000 -window 4 -hold 10s -change-every 500ms

@@ -9,18 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${BENCH_OUT:-/tmp/llq-bench}
-mkdir -p "$out"
-go build -o "$out/coredns" ./cmd/coredns
-go build -o "$out/llq" ./cmd/llq
-printf '$ORIGIN example.org.\n@ 3600 IN SOA ns1 hostmaster 1 7200 3600 1209600 3600\n@ 3600 IN NS ns1\nns1 3600 IN A 127.0.0.1\n' >"$out/db.example.org"
-sed "s#/tmp/llq-bench#$out#" bench/soak.Corefile >"$out/soak.Corefile"
-"$out/coredns" -conf "$out/soak.Corefile" >"$out/coredns-soak.log" 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
-for _ in $(seq 50); do
-	grep -q "LLQ listener" "$out/coredns-soak.log" && break
-	sleep 0.1
-done
+. bench/start.sh soak.Corefile
+
 if [ $# -eq 0 ]; then
 	set -- -duration 30m -clients 1000 -per-client 10 -names 100 -loss 0.05 -churn 100ms
 fi

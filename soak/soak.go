@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/netip"
 	"os"
 	"strings"
@@ -471,16 +470,3 @@ func (rep *Report) Markdown(cfg Config, w io.Writer) {
 }
 
 func mb(b int64) float64 { return float64(b) / (1 << 20) }
-
-// Addr parses host:port for callers that hold strings.
-func Addr(s string) (netip.AddrPort, error) {
-	a, err := netip.ParseAddrPort(s)
-	if err != nil {
-		ua, err2 := net.ResolveUDPAddr("udp", s)
-		if err2 != nil {
-			return netip.AddrPort{}, err
-		}
-		return ua.AddrPort(), nil
-	}
-	return a, nil
-}

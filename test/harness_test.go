@@ -96,10 +96,6 @@ func startServerWith(t *testing.T, cfg config, records ...string) *server {
 	return s
 }
 
-func (s *server) corefile(options string) string {
-	return s.corefileWith(config{options: options})
-}
-
 func (s *server) corefileWith(cfg config) string {
 	options := cfg.options
 	if options == "" {
@@ -350,8 +346,6 @@ func newRaw(t *testing.T, server netip.AddrPort, local string) *raw {
 	t.Cleanup(func() { conn.Close() })
 	return &raw{t: t, conn: conn, server: server}
 }
-
-func (r *raw) addr() netip.AddrPort { return r.conn.LocalAddr().(*net.UDPAddr).AddrPort() }
 
 func (r *raw) send(m *dns.Msg) {
 	r.t.Helper()
