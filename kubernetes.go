@@ -1,9 +1,12 @@
 package llq
 
 import (
+	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/coredns/coredns/core/dnsserver"
 	external "github.com/coredns/coredns/plugin/k8s_external"
@@ -15,25 +18,35 @@ import (
 )
 
 // The kubernetes plugin keeps services, endpoint slices, pods and
-// namespaces in informer caches. On every change that alters its answers,
-// its informer handlers store the Unix second of the change in an atomic,
-// one per mode (internal, external, multicluster), after the cache holds the
-// new object. It has no callback, so llq's probe reads those three atomics
-// on every zone scan, and any change marks every zone of the plugin (and of
-// k8s_external, which answers from the same caches).
+// namespaces in informer caches. It has no callback; two signals show that
+// its caches moved, and llq's probe reads both on every zone scan. Any
+// change marks every zone of the plugin (and of k8s_external, which answers
+// from the same caches).
 //
-// The resolution is one second. A change in the same second as the one
-// last seen leaves the value as it was, so it would go unnoticed. To close
-// that gap, every change seen is followed by one more mark just after its
-// second has passed (kubeSettle into the next second): by then every change
-// of that second is in the caches, and the re-resolution finds it. The
-// cost is one more re-resolution of the zones' topics per burst of changes;
-// a change late in the same second as an earlier one reaches subscribers up
-// to about 1.1 s after it happened instead of within a scan.
+// The fine one is each informer's last synced resource version
+// (cache.Controller.LastSyncResourceVersion): the reflector moves it on
+// every watch event, a few microseconds before the informer's loop stores
+// the object in the cache. The informers sit in unexported fields of the
+// plugin's controller, read by reflection; should a CoreDNS release rename
+// them, only the coarse signal remains. Because the version moves just
+// before the cache does, a move is marked at once and once more kubeFollow
+// later, when the cache has surely caught up.
+//
+// The coarse one is the Unix second the plugin's handlers store, one per
+// mode (internal, external, multicluster), after the cache holds a change
+// that alters its answers. A change in the same second as the one last
+// seen leaves the value as it was, so every change seen is also followed by
+// one more mark just after its second has passed (kubeSettle into the next
+// second). With the versions readable that look is a safety net; without
+// them it bounds a change's delay to about 1.1 s.
 
 // kubeSettle is how far into the next second the second look comes, so
 // that the second whose changes it must catch has surely ended.
 const kubeSettle = 100 * time.Millisecond
+
+// kubeFollow is how long after a resource version moved the look that
+// catches a cache still being written comes.
+const kubeFollow = 50 * time.Millisecond
 
 // modifiedSource is what llq needs from the kubernetes plugin's APIConn.
 type modifiedSource interface {
@@ -43,25 +56,33 @@ type modifiedSource interface {
 
 var kubeModes = [...]kubernetes.ModifiedMode{kubernetes.ModifiedInternal, kubernetes.ModifiedExternal, kubernetes.ModifiedMultiCluster}
 
+// versionSource is the part of client-go's cache.Controller llq reads.
+type versionSource interface {
+	LastSyncResourceVersion() string
+}
+
 // kubeWatch follows one server block's kubernetes plugin. check runs on the
 // scan, one call at a time.
 //
 // Nothing is marked before the plugin's caches have synced: llq starts
 // before the plugin does (its OnStartup runs first, and the plugin's waits
-// for the sync), and the initial listing moves the modification times
-// while the caches are still filling, which would re-resolve topics
-// against half a cluster. The sync itself then counts as one change: after
-// a reload, no topic has been compared with the new caches yet.
+// for the sync), and the initial listing moves both signals while the
+// caches are still filling, which would re-resolve topics against half a
+// cluster. The sync itself then counts as one change: after a reload, no
+// topic has been compared with the new caches yet.
 type kubeWatch struct {
-	conn   modifiedSource
-	synced bool
-	last   [len(kubeModes)]int64
-	again  time.Time // when to mark once more; zero when not due
-	now    func() time.Time
+	conn     modifiedSource
+	informer []versionSource // may be empty
+	synced   bool
+	last     [len(kubeModes)]int64
+	versions []string
+	again    time.Time // when to mark once more for the coarse signal; zero when not due
+	follow   time.Time // the same for the fine one
+	now      func() time.Time
 }
 
-func newKubeWatch(conn modifiedSource) *kubeWatch {
-	return &kubeWatch{conn: conn, now: time.Now}
+func newKubeWatch(conn modifiedSource, informers ...versionSource) *kubeWatch {
+	return &kubeWatch{conn: conn, informer: informers, versions: make([]string, len(informers)), now: time.Now}
 }
 
 // check reports whether the plugin's answers may have changed since the
@@ -84,15 +105,55 @@ func (w *kubeWatch) check() bool {
 			w.again = at
 		}
 	}
+	moved := false
+	for i, src := range w.informer {
+		if v := src.LastSyncResourceVersion(); v != w.versions[i] {
+			w.versions[i] = v
+			moved = true
+		}
+	}
+	now := w.now()
+	if moved {
+		w.follow = now.Add(kubeFollow)
+		changed = true
+	}
 	if changed {
 		return true
 	}
-	if !w.again.IsZero() && !w.now().Before(w.again) {
-		w.again = time.Time{}
-		return true
+	due := false
+	for _, at := range []*time.Time{&w.again, &w.follow} {
+		if !at.IsZero() && !now.Before(*at) {
+			*at = time.Time{}
+			due = true
+		}
 	}
-	return false
+	return due
 }
+
+// kubeInformers returns the informers of the plugin's controller, found by
+// reflection, or nothing when they are not where CoreDNS v1.15 keeps them.
+func kubeInformers(conn any) []versionSource {
+	v := reflect.ValueOf(conn)
+	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
+		return nil
+	}
+	v = v.Elem()
+	var out []versionSource
+	for i := range v.NumField() {
+		f := v.Field(i)
+		if !strings.HasSuffix(v.Type().Field(i).Name, "Controller") || f.Kind() != reflect.Interface || f.IsNil() {
+			continue
+		}
+		// Unexported: reach the interface value through its address.
+		x := reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem().Interface()
+		if src, ok := x.(versionSource); ok {
+			out = append(out, src)
+		}
+	}
+	return out
+}
+
+var kubeReflectOnce sync.Once
 
 // kubeProbe returns a probe for the kubernetes plugin of a server block, or
 // nothing without one. Call it from OnStartup: the plugin's APIConn exists
@@ -117,7 +178,13 @@ func newKubeProbe(owner *LLQ, k *kubernetes.Kubernetes, x *external.External) zo
 		extZones, extFall = lowerAll(x.Zones), x.Fall
 	}
 	marked := slices.Concat(zones, extZones)
-	w := newKubeWatch(k.APIConn)
+	informers := kubeInformers(k.APIConn)
+	if len(informers) == 0 {
+		kubeReflectOnce.Do(func() {
+			log.Warning("cannot read the kubernetes plugin's informers (CoreDNS changed them?); changes within a second of another wait for the next second")
+		})
+	}
+	w := newKubeWatch(k.APIConn, informers...)
 	changed := func() []string {
 		if w.check() {
 			return marked

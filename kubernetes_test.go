@@ -121,6 +121,88 @@ func TestKubeWatchSync(t *testing.T) {
 	}
 }
 
+// fakeInformer stands in for one of the plugin's informers.
+type fakeInformer struct{ rv atomic.Value }
+
+func (f *fakeInformer) LastSyncResourceVersion() string {
+	v, _ := f.rv.Load().(string)
+	return v
+}
+
+// TestKubeWatchResourceVersion: a watch event, seen as a moved resource
+// version, is reported at once, within the second of an earlier change, and
+// once more kubeFollow later for a cache still being written.
+func TestKubeWatchResourceVersion(t *testing.T) {
+	src := new(fakeModified)
+	eps, svcs := new(fakeInformer), new(fakeInformer)
+	eps.rv.Store("100")
+	const T = 1_700_000_000
+	src.mod[kubernetes.ModifiedInternal].Store(T - 5)
+	w := newKubeWatch(src, eps, svcs)
+	var now time.Time
+	w.now = func() time.Time { return now }
+	at := func(s int64, ms int) bool {
+		now = time.Unix(s, int64(ms)*int64(time.Millisecond))
+		return w.check()
+	}
+	at(T-5, 500) // the sync
+	at(T-4, 500) // its second look
+	if at(T-3, 0) {
+		t.Fatal("reported a change with none")
+	}
+
+	src.mod[kubernetes.ModifiedInternal].Store(T)
+	eps.rv.Store("101")
+	if !at(T, 200) {
+		t.Fatal("missed a change")
+	}
+	if at(T, 210) {
+		t.Fatal("reported a change with none")
+	}
+	if !at(T, 200+int(kubeFollow/time.Millisecond)) {
+		t.Fatal("no follow-up look")
+	}
+	// A second change in second T: the Unix second stays, the version moves.
+	svcs.rv.Store("102")
+	if !at(T, 300) {
+		t.Fatal("missed a change within the second of another")
+	}
+	if at(T, 320) || !at(T, 360) || at(T, 500) {
+		t.Fatal("follow-up look not once, kubeFollow after the change")
+	}
+	if !at(T+1, int(kubeSettle/time.Millisecond)) {
+		t.Fatal("no second look after the change's second ended")
+	}
+	if at(T+2, 0) {
+		t.Fatal("the second look repeats")
+	}
+}
+
+// TestKubeInformers: the probe finds the informers of a real kubernetes
+// plugin controller, the one InitKubeCache builds (no API server is needed
+// until it runs).
+func TestKubeInformers(t *testing.T) {
+	k := kubernetes.New([]string{"cluster.local."})
+	k.APIServerList = []string{"http://127.0.0.1:1"}
+	if _, _, err := k.InitKubeCache(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got := kubeInformers(k.APIConn)
+	// Services and namespaces; endpoint slices and pods only when the
+	// plugin's setup asks for them, which kubernetes.New alone does not.
+	if len(got) != 2 {
+		t.Fatalf("found %d informers, want 2", len(got))
+	}
+	for _, inf := range got {
+		if v := inf.LastSyncResourceVersion(); v != "" {
+			t.Errorf("resource version %q before any listing", v)
+		}
+	}
+	if got := kubeInformers(stubConn{fakeModified: new(fakeModified)}); len(got) != 0 {
+		t.Errorf("found %d informers in a stub", len(got))
+	}
+}
+
 // apiConn is the method set of the kubernetes plugin's (unexported)
 // dnsController interface, so that a stub can stand in for APIConn.
 type apiConn interface {
