@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"testing"
@@ -43,67 +44,143 @@ func resubscribe(ctx context.Context, servers []netip.AddrPort, q dns.Question) 
 	}
 }
 
-// TestReplicas: three CoreDNS instances serve one etcd; a subscriber on
-// each sees every change. When one instance goes, its subscriber loses the
-// LLQ at the next refresh, sets it up again on another instance, learns
-// what changed meanwhile, and sees later changes.
+// replicaCorefile is etcdCorefile for a replica in its own process: every
+// port explicit on 127.0.0.1, and the prometheus plugin, through which the
+// test learns that llq's etcd watch is up.
+func replicaCorefile(endpoint string, p corednsPorts) string {
+	return fmt.Sprintf(`example.org:%d {
+    bind 127.0.0.1
+    llq {
+        listen 127.0.0.1:%d
+        lease 2 60
+        retransmit 200ms 3
+        poll 1h
+    }
+    cache 30
+    etcd example.org {
+        endpoint %s
+        path /skydns
+    }
+    prometheus 127.0.0.1:%d
+}
+`, p.dns, p.llq, endpoint, p.metrics)
+}
+
+// replicaSub is a subscriber of the replicas test and where it is.
+type replicaSub struct {
+	replica int // index of the replica holding its LLQ
+	sub     *client.Subscription
+}
+
+// TestReplicas: three CoreDNS processes serve one etcd; a subscriber on
+// each sees every change. When a replica crashes (SIGKILL), its subscriber
+// loses the LLQ at the next refresh, sets it up again on another replica,
+// learns what changed meanwhile, and sees later changes; the same when a
+// replica stops gracefully (SIGTERM).
 func TestReplicas(t *testing.T) {
 	es := startEtcd(t)
-	es.put("/skydns/org/example/www", record("192.0.2.1"))
+	www := func(ip string) []string {
+		es.put("/skydns/org/example/www", record(ip))
+		return rrSetOf(t, "www IN A "+ip)
+	}
+	www("192.0.2.1")
+
 	var (
-		replicas []*server
+		replicas []*corednsProcess
 		addrs    []netip.AddrPort
-		subs     []*client.Subscription
+		subs     []*replicaSub
 	)
-	for range 3 {
-		s := startEtcdDNS(t, es)
-		replicas = append(replicas, s)
-		addrs = append(addrs, s.llq)
-		// A short lease: a subscriber notices a dead server at its first
+	for i := range 3 {
+		p := startCoreDNSProcess(t, fmt.Sprintf("replica %d", i), func(ports corednsPorts) string {
+			return replicaCorefile(es.endpoint(), ports)
+		})
+		// Without a poll, a put before the watch is up would be missed.
+		// The watch marks the zone once when it is created.
+		eventuallyWithin(t, 30*time.Second, fmt.Sprintf("replica %d's etcd watch", i), func() bool {
+			return p.metric("trigger_changes_total", "trigger", "etcd") >= 1
+		})
+		replicas = append(replicas, p)
+		addrs = append(addrs, p.llq)
+	}
+	for i, p := range replicas {
+		// A short lease: a subscriber notices a dead replica at its first
 		// refresh, after 80% of it.
-		c := dial(t, s.llq, client.Options{Lease: 2 * time.Second})
-		subs = append(subs, subscribe(t, c, "www.example.org.", dns.TypeA))
+		c := dial(t, p.llq, client.Options{Lease: 2 * time.Second})
+		subs = append(subs, &replicaSub{replica: i, sub: subscribe(t, c, "www.example.org.", dns.TypeA)})
 	}
 
-	es.put("/skydns/org/example/www", record("192.0.2.2"))
-	for _, sub := range subs {
-		converge(t, sub, rrSetOf(t, "www IN A 192.0.2.2"))
+	want := www("192.0.2.2")
+	for _, s := range subs {
+		converge(t, s.sub, want)
 	}
 
-	// The first instance goes away.
-	lost := subs[0]
-	before := lost.Answers()
-	replicas[0].stop()
-	es.put("/skydns/org/example/www", record("192.0.2.3"))
-	for _, sub := range subs[1:] {
-		converge(t, sub, rrSetOf(t, "www IN A 192.0.2.3"))
-	}
-	select {
-	case <-lost.Done():
-	case <-time.After(10 * time.Second):
-		t.Fatal("the subscription to the stopped instance did not end")
-	}
-	t.Logf("lost: %v", lost.Err())
+	dead := make([]bool, len(replicas))
+	// failover takes replica victim down with down, changes the record
+	// meanwhile, and checks that every subscriber ends up live on another
+	// replica with the change, and sees the change after.
+	failover := func(victim int, down func(), during, after string) {
+		old := want
+		var lost []*replicaSub
+		var before [][]dns.RR
+		for _, s := range subs {
+			if s.replica == victim {
+				lost = append(lost, s)
+				before = append(before, s.sub.Answers())
+			}
+		}
+		down()
+		dead[victim] = true
 
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, sub, err := resubscribe(ctx, addrs, lost.Question())
-	if err != nil {
-		t.Fatalf("setting the LLQ up again: %v", err)
-	}
-	t.Cleanup(func() { c.Close() })
-	if c.Server() == addrs[0] {
-		t.Fatalf("set up again on the stopped instance %s", addrs[0])
-	}
-	added, removed := client.Diff(before, sub.Answers())
-	if !slices.Equal(rrSet(added), rrSetOf(t, "www IN A 192.0.2.3")) || !slices.Equal(rrSet(removed), rrSetOf(t, "www IN A 192.0.2.2")) {
-		t.Errorf("changed while not subscribed: added %v removed %v", added, removed)
+		want = www(during)
+		for _, s := range subs {
+			if s.replica != victim {
+				converge(t, s.sub, want)
+			}
+		}
+		for i, s := range lost {
+			select {
+			case <-s.sub.Done():
+			case <-time.After(30 * time.Second):
+				t.Fatalf("the subscription to replica %d did not end", victim)
+			}
+			t.Logf("lost on replica %d: %v", victim, s.sub.Err())
+
+			// Every replica, the dead ones too: the subscriber does not
+			// know which are gone.
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			c, sub, err := resubscribe(ctx, addrs, s.sub.Question())
+			cancel()
+			if err != nil {
+				t.Fatalf("setting the LLQ up again: %v", err)
+			}
+			t.Cleanup(func() { c.Close() })
+			s.replica = slices.Index(addrs, c.Server())
+			if s.replica < 0 || dead[s.replica] {
+				t.Fatalf("set up again on %s, a replica that is down", c.Server())
+			}
+			s.sub = sub
+			added, removed := client.Diff(before[i], sub.Answers())
+			if !slices.Equal(rrSet(added), want) || !slices.Equal(rrSet(removed), old) {
+				t.Errorf("changed while not subscribed: added %v removed %v, want added %v removed %v", rrSet(added), rrSet(removed), want, old)
+			}
+		}
+
+		want = www(after)
+		for _, s := range subs {
+			converge(t, s.sub, want)
+		}
 	}
 
-	es.put("/skydns/org/example/www", record("192.0.2.4"))
-	want := rrSetOf(t, "www IN A 192.0.2.4")
-	converge(t, sub, want)
-	for _, s := range subs[1:] {
-		converge(t, s, want)
+	// A crash: no shutdown code runs.
+	failover(0, replicas[0].kill, "192.0.2.3", "192.0.2.4")
+	// A graceful stop: replica 1 now holds its own subscriber's LLQ and the
+	// one that moved from replica 0.
+	failover(1, func() {
+		if err := replicas[1].stop(); err != nil {
+			t.Errorf("replica 1 after SIGTERM: %v", err)
+		}
+	}, "192.0.2.5", "192.0.2.6")
+	if n := slices.IndexFunc(subs, func(s *replicaSub) bool { return s.replica != 2 }); n >= 0 {
+		t.Errorf("subscriber %d is on replica %d, want all on replica 2", n, subs[n].replica)
 	}
 }
