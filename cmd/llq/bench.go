@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"flag"
 	"fmt"
@@ -25,14 +26,24 @@ const benchHelp = `usage: llq bench @SERVER[:PORT] [flags]
 
 Drives many LLQ clients against SERVER: full four-way setups, event acks,
 refreshes and terminations, with optional packet loss in both directions.
-LLQ i asks for the name -name formats with i %% -names, from socket
-i %% -sockets; sockets are spread over -addrs loopback source addresses so
-that per-address limits are not what is measured.
+LLQ i asks for the name -name formats with i %% -names, from client
+endpoint (address and port) i %% -sockets; endpoints are spread over -addrs
+loopback source addresses 127.1.x.y so that per-address limits are not what
+is measured. With the server on loopback IPv4, endpoints of different
+addresses share one OS socket bound to 0.0.0.0:PORT, which picks each
+packet's source address with IP_PKTINFO and hands what it receives to the
+endpoint it was sent to: -sockets 100000 -addrs 250 takes 400 sockets, not
+100,000 file descriptors. -share=false, or any other server, gives every
+endpoint a socket of its own.
 
 With -zone the bench owns the zone file the server reads: it writes it at
 start and then toggles "NAME A 198.51.100.1" on name 0 every -change-every,
-bumping the serial; with -dns it polls the ordinary port to learn when the
-backend shows each change, and reports event latency from there.
+bumping the serial (skipping a tick while the last change has not yet
+reached every LLQ on name 0, so that fan-outs do not overlap); with -dns it
+polls the ordinary port to learn when the backend shows each change, and
+reports event latency from there. The largest fan-out is timed from the
+first to the last LLQ the change reached; with -baseline, a bare Go sender
+then sends one packet to every endpoint, timed the same way.
 
 Flags:
 `
@@ -58,6 +69,7 @@ type benchArgs struct {
 	report      time.Duration
 	baseline    bool
 	poll        time.Duration
+	share       bool
 }
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -82,8 +94,9 @@ func parseBench(args []string, stderr io.Writer) (*benchArgs, error) {
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprintf(stderr, benchHelp); fs.PrintDefaults() }
 	fs.IntVar(&b.llqs, "llqs", 1000, "LLQs to set up")
-	fs.IntVar(&b.sockets, "sockets", 100, "client UDP sockets")
-	fs.IntVar(&b.addrs, "addrs", 50, "loopback source addresses (127.1.x.y) to spread the sockets over")
+	fs.IntVar(&b.sockets, "sockets", 100, "client endpoints (address and port), each seen by the server as a client of its own")
+	fs.IntVar(&b.addrs, "addrs", 50, "loopback source addresses (127.1.x.y) to spread the endpoints over")
+	fs.BoolVar(&b.share, "share", true, "with the server on loopback IPv4, let one OS socket serve the endpoints of up to -addrs addresses (IP_PKTINFO)")
 	fs.IntVar(&b.names, "names", 0, "distinct question names (default: -llqs)")
 	fs.StringVar(&b.name, "name", "n%d.example.org.", "question name, formatted with the name index")
 	qtype := fs.String("type", "A", "question type")
@@ -99,7 +112,7 @@ func parseBench(args []string, stderr io.Writer) (*benchArgs, error) {
 	fs.IntVar(&b.pid, "pid", 0, "server process ID, to report its RSS and CPU time")
 	fs.DurationVar(&b.report, "report", time.Second, "progress report interval")
 	fs.DurationVar(&b.poll, "poll", 0, "instead of LLQs, poll the names with ordinary queries to -dns at this interval (the alternative LLQ replaces)")
-	fs.BoolVar(&b.baseline, "baseline", false, "after the hold, time a bare Go UDP sender sending one packet to every socket")
+	fs.BoolVar(&b.baseline, "baseline", false, "after the hold, time a bare Go UDP sender sending one packet to every endpoint")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return nil, err
@@ -157,6 +170,10 @@ type benchLLQ struct {
 	sent    time.Time
 	tries   int
 	refresh time.Time
+	// The packed ack of this LLQ's events, to which the DNS ID and the lease
+	// (the last four bytes) are patched. Touched only by the reader of the
+	// LLQ's socket.
+	ack []byte
 }
 
 const (
@@ -173,6 +190,7 @@ const (
 type benchStats struct {
 	challenged, established, failed, retransmitted atomic.Int64
 	events, acks, refreshes, terminated, sent      atomic.Int64
+	stray                                          atomic.Int64 // to no endpoint of a shared socket
 	errs                                           [8]atomic.Int64
 	mu                                             sync.Mutex
 	setupLatency                                   []time.Duration
@@ -182,6 +200,14 @@ type benchStats struct {
 	holdPackets                                    int64
 	baselineSpan                                   time.Duration
 	baseFirst, baseLast                            time.Time
+	endpoints, conns                               int
+	shared                                         bool
+	fanWant                                        int   // LLQs live on name 0 at the end of the hold
+	dropsHold, dropsBaseline                       int64 // client receive-queue drops counted by the kernel
+	dropsOK                                        bool
+	serverDrops                                    int64 // at the server's socket during set-up and hold
+	serverDropsOK                                  bool
+	benchHoldCPU                                   time.Duration
 }
 
 // change is one zone edit made by the bench, with the time the zone file was
@@ -189,12 +215,19 @@ type benchStats struct {
 type change struct {
 	add              bool
 	written, visible time.Time
-	arrivals         []time.Time // of the events that carried it
+	arrivals         []time.Time // the first event that carried it to each LLQ
+	seen             map[*benchLLQ]bool
+	dups             int       // events that carried it again to an LLQ: retransmissions
+	latest           time.Time // of the arrivals
 }
 
+// benchSocket is one client endpoint, an address and port the server takes
+// for a client. Endpoints may share an OS socket, their benchConn.
 type benchSocket struct {
 	b     *benchArgs
-	conn  *net.UDPConn
+	pc    *benchConn
+	local netip.AddrPort
+	oob   []byte // IP_PKTINFO choosing local's address as the source, when pc is shared
 	llqs  []*benchLLQ
 	next  int // llqs[:next] have been started
 	mu    sync.Mutex
@@ -211,36 +244,59 @@ type changeLog struct {
 
 // arrived files an event that carried the bench's record under the latest
 // change it can be the news of. Latency is worked out at the end, once the
-// probe has seen every change: an event may well beat the probe.
-func (c *changeLog) arrived(add bool, at time.Time) {
+// probe has seen every change: an event may well beat the probe. Only the
+// first event of a change to each LLQ counts; repeats are counted apart.
+func (c *changeLog) arrived(add bool, at time.Time, l *benchLLQ) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for i := len(c.changes) - 1; i >= 0; i-- {
 		if ch := &c.changes[i]; ch.add == add && !ch.written.After(at) {
+			if ch.seen[l] {
+				ch.dups++
+				return
+			}
+			if ch.seen == nil {
+				ch.seen = map[*benchLLQ]bool{}
+			}
+			ch.seen[l] = true
 			ch.arrivals = append(ch.arrivals, at)
+			if at.After(ch.latest) {
+				ch.latest = at
+			}
 			return
 		}
 	}
 }
 
+// fanningOut tells whether the last change, made less than limit ago, has
+// reached fewer than subscribers LLQs and either none yet or one less than
+// 250 ms ago: the next change would overlap its fan-out. (Events that need
+// a retransmission come seconds later, and are not waited for.)
+func (c *changeLog) fanningOut(subscribers int, limit time.Duration) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.changes) == 0 {
+		return false
+	}
+	last := &c.changes[len(c.changes)-1]
+	if len(last.arrivals) >= subscribers || time.Since(last.written) >= limit {
+		return false
+	}
+	return len(last.arrivals) == 0 || time.Since(last.latest) < 250*time.Millisecond
+}
+
 func (b *benchArgs) run(ctx context.Context, out io.Writer) error {
 	st := &benchStats{}
 	cl := &changeLog{}
-	socks := make([]*benchSocket, b.sockets)
-	for i := range socks {
-		local := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}
-		if b.server.Addr().Is4() && b.server.Addr().IsLoopback() && b.addrs > 1 {
-			a := i % b.addrs
-			local.IP = net.IPv4(127, 1, byte(a/250), byte(a%250+1))
-		}
-		conn, err := net.ListenUDP("udp", local)
-		if err != nil {
-			return fmt.Errorf("socket %d: %w", i, err)
-		}
-		defer conn.Close()
-		conn.SetReadBuffer(1 << 20)
-		socks[i] = &benchSocket{b: b, conn: conn, byMsg: map[uint16]*benchLLQ{}, byID: map[uint64]*benchLLQ{}, st: st, ch: cl}
+	socks, conns, err := b.openEndpoints(st, cl)
+	if err != nil {
+		return err
 	}
+	defer func() {
+		for _, c := range conns {
+			c.close()
+		}
+	}()
 	for i := 0; i < b.llqs; i++ {
 		n := i % b.names
 		q := dns.Question{Name: dns.Fqdn(fmt.Sprintf(b.name, n)), Qtype: b.qtype, Qclass: dns.ClassINET}
@@ -257,13 +313,14 @@ func (b *benchArgs) run(ctx context.Context, out io.Writer) error {
 			}
 		}
 	}
+	sdrops0, sok0 := serverDrops(b.server)
 	cpu0, _ := procCPU(b.pid)
 	rss0, _ := procRSS(b.pid)
 
 	var wg sync.WaitGroup
-	for _, s := range socks {
+	for _, c := range conns {
 		wg.Add(1)
-		go func() { defer wg.Done(); s.read() }()
+		go func() { defer wg.Done(); c.read() }()
 	}
 	start := time.Now()
 	setupCtx, cancel := context.WithCancel(ctx)
@@ -274,6 +331,7 @@ func (b *benchArgs) run(ctx context.Context, out io.Writer) error {
 	cancel()
 	setupTime := time.Since(start)
 	cpu1, _ := procCPU(b.pid)
+	self1, _ := procCPU(os.Getpid())
 	rss1, _ := procRSS(b.pid)
 
 	if b.hold > 0 {
@@ -291,7 +349,7 @@ func (b *benchArgs) run(ctx context.Context, out io.Writer) error {
 		}
 		holdPackets := func() int64 { return st.sent.Load() - sent0 + st.received.Load() - recv0 }
 		if b.zone != "" {
-			b.changeLoop(holdCtx, cl)
+			b.changeLoop(holdCtx, cl, liveOn(socks, 0))
 		}
 		<-holdCtx.Done()
 		stop()
@@ -299,8 +357,14 @@ func (b *benchArgs) run(ctx context.Context, out io.Writer) error {
 		st.holdPackets = holdPackets()
 	}
 	cpu2, _ := procCPU(b.pid)
+	self2, _ := procCPU(os.Getpid())
+	st.benchHoldCPU = self2 - self1
 	stopReport()
+	st.fanWant = liveOn(socks, 0)
+	drops0, err0 := connDrops(conns)
 	if b.baseline {
+		// The tail of the last fan-out would share the CPU with the baseline.
+		settle(st, 500*time.Millisecond, 30*time.Second)
 		if err := blast(socks); err != nil {
 			return err
 		}
@@ -309,17 +373,16 @@ func (b *benchArgs) run(ctx context.Context, out io.Writer) error {
 		st.baselineSpan = st.baseLast.Sub(st.baseFirst)
 		st.mu.Unlock()
 	}
+	drops1, err1 := connDrops(conns)
+	sdrops1, sok1 := serverDrops(b.server) // the baseline does not reach the server
+	st.serverDrops, st.serverDropsOK = sdrops1-sdrops0, sok0 && sok1
+	st.dropsHold, st.dropsBaseline, st.dropsOK = drops0, drops1-drops0, err0 == nil && err1 == nil
 
 	termStart := time.Now()
-	var term sync.WaitGroup
-	for _, s := range socks {
-		term.Add(1)
-		go func() { defer term.Done(); s.terminateAll(context.Background()) }()
-	}
-	term.Wait()
+	terminateAll(socks, b.retry)
 	termTime := time.Since(termStart)
-	for _, s := range socks {
-		s.conn.Close()
+	for _, c := range conns {
+		c.close()
 	}
 	wg.Wait()
 
@@ -445,49 +508,39 @@ func (s *benchSocket) write(m *dns.Msg) {
 		return
 	}
 	s.st.sent.Add(1)
-	s.conn.WriteToUDPAddrPort(b, s.b.server)
+	s.send(b, s.b.server)
 }
 
-func (s *benchSocket) read() {
-	buf := make([]byte, 65535)
-	for {
-		n, from, err := s.conn.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue
-		}
-		now := time.Now()
-		if n == len(baselinePacket) && string(buf[:len(baselineMagic)]) == baselineMagic {
-			s.st.baselineArrived(now)
-			continue
-		}
-		if s.b.loss > 0 && rand.Float64() < s.b.loss {
-			continue
-		}
-		s.st.received.Add(1)
-		if s.b.poll > 0 {
-			s.pollReply(buf[:n], now)
-			continue
-		}
-		if from.Port() != s.b.server.Port() {
-			continue
-		}
-		m := new(dns.Msg)
-		if m.Unpack(buf[:n]) != nil {
-			continue
-		}
-		opts := wire.Options(m)
-		if len(opts) != 1 {
-			continue
-		}
-		if opts[0].Opcode == wire.OpEvent {
-			s.event(m, opts[0], now)
-			continue
-		}
-		s.reply(m, opts[0], now)
+// handle takes a packet the endpoint received at now.
+func (s *benchSocket) handle(b []byte, from netip.AddrPort, now time.Time) {
+	if len(b) == len(baselinePacket) && string(b[:len(baselineMagic)]) == baselineMagic {
+		s.st.baselineArrived(now)
+		return
 	}
+	if s.b.loss > 0 && rand.Float64() < s.b.loss {
+		return
+	}
+	s.st.received.Add(1)
+	if s.b.poll > 0 {
+		s.pollReply(b, now)
+		return
+	}
+	if from.Port() != s.b.server.Port() {
+		return
+	}
+	m := new(dns.Msg)
+	if m.Unpack(b) != nil {
+		return
+	}
+	opts := wire.Options(m)
+	if len(opts) != 1 {
+		return
+	}
+	if opts[0].Opcode == wire.OpEvent {
+		s.event(m, opts[0], now)
+		return
+	}
+	s.reply(m, opts[0], now)
 }
 
 func (s *benchSocket) reply(m *dns.Msg, o *dns.EDNS0_LLQ, now time.Time) {
@@ -532,6 +585,7 @@ func (s *benchSocket) reply(m *dns.Msg, o *dns.EDNS0_LLQ, now time.Time) {
 		}
 		l.state = stLive
 		l.lease = o.LeaseLife
+		l.ack = packAck(l.q, l.id) // ready before the first event
 		l.refresh = now.Add(time.Duration(l.lease) * time.Second * 8 / 10)
 		s.byID[l.id] = l
 		s.st.established.Add(1)
@@ -552,44 +606,85 @@ func (s *benchSocket) reply(m *dns.Msg, o *dns.EDNS0_LLQ, now time.Time) {
 // records how long it took to arrive.
 func (s *benchSocket) event(m *dns.Msg, o *dns.EDNS0_LLQ, now time.Time) {
 	s.mu.Lock()
-	_, ok := s.byID[o.Id]
+	l, ok := s.byID[o.Id]
 	s.mu.Unlock()
 	if !ok {
 		return
 	}
 	s.st.events.Add(1)
-	ack := new(dns.Msg)
-	ack.Id = m.Id
-	ack.Response = true
-	ack.Question = m.Question
-	wire.SetOptions(ack, 1232, wire.NewOption(wire.OpEvent, 0, o.Id, o.LeaseLife))
-	s.write(ack)
-	s.st.acks.Add(1)
+	s.ack(l, m.Id, o.LeaseLife)
 	for _, rr := range m.Answer {
 		a, ok := rr.(*dns.A)
 		if !ok || !a.A.Equal(net.IPv4(198, 51, 100, 1)) {
 			continue
 		}
-		s.ch.arrived(rr.Header().Ttl != wire.RemoveTTL, now)
+		s.ch.arrived(rr.Header().Ttl != wire.RemoveTTL, now, l)
 	}
 }
 
+// ack acknowledges an event of l with DNS ID id. Acks of an LLQ differ only
+// in the ID and the lease, which ends the message (the LLQ option is the
+// last and only option of the OPT record, the last record), so one is
+// packed when the LLQ is established and patched for each event.
+func (s *benchSocket) ack(l *benchLLQ, id uint16, lease uint32) {
+	if l.ack == nil {
+		if l.ack = packAck(l.q, l.id); l.ack == nil {
+			return
+		}
+	}
+	binary.BigEndian.PutUint16(l.ack, id)
+	binary.BigEndian.PutUint32(l.ack[len(l.ack)-4:], lease)
+	s.st.acks.Add(1)
+	if s.b.loss > 0 && rand.Float64() < s.b.loss {
+		return
+	}
+	s.st.sent.Add(1)
+	s.pc.queue(s, l.ack)
+}
+
+// packAck packs an event ack for LLQ llqID, or returns nil if the lease is
+// not its last four bytes.
+func packAck(q dns.Question, llqID uint64) []byte {
+	const mark = 0x4c4c5121
+	ack := new(dns.Msg)
+	ack.Response = true
+	ack.Question = []dns.Question{q}
+	wire.SetOptions(ack, 1232, wire.NewOption(wire.OpEvent, 0, llqID, mark))
+	b, err := ack.Pack()
+	if err != nil || len(b) < 4 || binary.BigEndian.Uint32(b[len(b)-4:]) != mark {
+		return nil
+	}
+	return b
+}
+
 // keepAlive refreshes LLQs at 80 % of their lease until ctx ends, for every
-// socket from one goroutine.
+// socket from one goroutine. Refresh times only move later during the hold,
+// so it sleeps through the passes before the earliest.
 func keepAlive(ctx context.Context, socks []*benchSocket) {
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
+	var next time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-tick.C:
+			if now.Before(next) {
+				continue
+			}
+			next = now.Add(time.Hour)
 			for _, s := range socks {
 				s.mu.Lock()
 				for _, l := range s.llqs {
-					if l.state == stLive && now.After(l.refresh) {
+					if l.state != stLive {
+						continue
+					}
+					if now.After(l.refresh) {
 						l.refresh = now.Add(s.b.retry)
 						s.sendLocked(l, now)
+					}
+					if l.refresh.Before(next) {
+						next = l.refresh
 					}
 				}
 				s.mu.Unlock()
@@ -598,27 +693,47 @@ func keepAlive(ctx context.Context, socks []*benchSocket) {
 	}
 }
 
-func (s *benchSocket) terminateAll(ctx context.Context) {
-	deadline := time.Now().Add(3 * s.b.retry)
+// terminateAll cancels every live LLQ, retransmitting each -retry, for
+// every endpoint from one goroutine, and gives up after three rounds.
+func terminateAll(socks []*benchSocket, retry time.Duration) {
+	deadline := time.Now().Add(3 * retry)
 	for time.Now().Before(deadline) {
 		pending := 0
-		s.mu.Lock()
-		now := time.Now()
-		for _, l := range s.llqs {
-			if l.state == stLive || (l.state == stTerminating && now.Sub(l.sent) > s.b.retry) {
-				l.state = stTerminating
-				s.sendLocked(l, now)
+		for _, s := range socks {
+			s.mu.Lock()
+			now := time.Now()
+			for _, l := range s.llqs {
+				if l.state == stLive || (l.state == stTerminating && now.Sub(l.sent) > retry) {
+					l.state = stTerminating
+					s.sendLocked(l, now)
+				}
+				if l.state == stTerminating {
+					pending++
+				}
 			}
-			if l.state == stTerminating {
-				pending++
-			}
+			s.mu.Unlock()
 		}
-		s.mu.Unlock()
 		if pending == 0 {
 			return
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// liveOn counts the live LLQs that ask for name index n: the subscribers a
+// change of that name fans out to.
+func liveOn(socks []*benchSocket, n int) int {
+	live := 0
+	for _, s := range socks {
+		s.mu.Lock()
+		for _, l := range s.llqs {
+			if l.name == n && l.state == stLive {
+				live++
+			}
+		}
+		s.mu.Unlock()
+	}
+	return live
 }
 
 // writeZone writes the bench's zone: name i has address 192.0.2.(i%250+1),
@@ -651,8 +766,10 @@ func zoneOf(name string) string {
 }
 
 // changeLoop toggles the extra record of name 0 every -change-every and
-// polls the ordinary port to learn when the backend serves each change.
-func (b *benchArgs) changeLoop(ctx context.Context, cl *changeLog) {
+// polls the ordinary port to learn when the backend serves each change. It
+// skips a tick while the last change is still reaching the subscribers of
+// name 0, so that one fan-out is timed alone.
+func (b *benchArgs) changeLoop(ctx context.Context, cl *changeLog, subscribers int) {
 	tick := time.NewTicker(b.changeEvery)
 	defer tick.Stop()
 	var serial uint32 = 1
@@ -662,6 +779,9 @@ func (b *benchArgs) changeLoop(ctx context.Context, cl *changeLog) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		}
+		if cl.fanningOut(subscribers, 10*b.changeEvery) {
+			continue
 		}
 		if err := b.writeZone(serial, add); err != nil {
 			return
@@ -738,7 +858,12 @@ func (b *benchArgs) summary(out io.Writer, st *benchStats, cl *changeLog, setup,
 	row := func(k, f string, a ...any) { fmt.Fprintf(out, "| %s | %s |\n", k, fmt.Sprintf(f, a...)) }
 	row("server", "%s", b.server)
 	row("LLQs asked / established / failed", "%d / %d / %d", b.llqs, est, st.failed.Load())
-	row("sockets / source addresses / names", "%d / %d / %d", b.sockets, min(b.addrs, b.sockets), b.names)
+	row("client endpoints / source addresses / names", "%d / %d / %d", b.sockets, min(b.addrs, b.sockets), b.names)
+	if st.shared {
+		row("client OS sockets", "%d, each bound to 0.0.0.0:PORT for up to %d endpoints (IP_PKTINFO)", st.conns, min(b.addrs, b.sockets))
+	} else {
+		row("client OS sockets", "%d, one per endpoint", st.conns)
+	}
 	row("packet loss each way", "%.1f %%", b.loss*100)
 	row("set-up time", "%.2f s", setup.Seconds())
 	row("completed four-way setups per second", "%.0f", float64(est)/setup.Seconds())
@@ -787,10 +912,26 @@ func (b *benchArgs) summary(out io.Writer, st *benchStats, cl *changeLog, setup,
 	if n := len(fan.arrivals); n > 1 {
 		sort.Slice(fan.arrivals, func(i, j int) bool { return fan.arrivals[i].Before(fan.arrivals[j]) })
 		span := fan.arrivals[n-1].Sub(fan.arrivals[0])
-		row("largest fan-out: events for one change, first to last arrival", "%d in %s = %.0f events/s", n, span.Round(time.Millisecond), float64(n)/span.Seconds())
+		row("largest fan-out: events for one change, first to last arrival", "%d of %d subscribers in %s = %.0f events/s", n, st.fanWant, span.Round(time.Millisecond), float64(n)/span.Seconds())
+		if fan.dups > 0 {
+			row("repeats of that change to a subscriber already told (retransmissions)", "%d", fan.dups)
+		}
 	}
 	if st.baseline > 1 {
-		row("baseline: a bare Go UDP sender to the same sockets", "%d in %s = %.0f packets/s", st.baseline, st.baselineSpan.Round(time.Millisecond), float64(st.baseline)/st.baselineSpan.Seconds())
+		row("baseline: a bare Go UDP sender to the same endpoints", "%d in %s = %.0f packets/s (%d sent)", st.baseline, st.baselineSpan.Round(time.Millisecond), float64(st.baseline)/st.baselineSpan.Seconds(), st.endpoints)
+	}
+	if st.dropsOK {
+		if b.baseline {
+			row("client receive-queue drops (kernel): set-up and hold / baseline", "%d / %d", st.dropsHold, st.dropsBaseline)
+		} else {
+			row("client receive-queue drops (kernel)", "%d", st.dropsHold)
+		}
+	}
+	if st.serverDropsOK && b.poll == 0 {
+		row("server receive-queue drops (kernel) during set-up and hold", "%d", st.serverDrops)
+	}
+	if n := st.stray.Load(); n > 0 {
+		row("packets to no endpoint of a shared socket", "%d", n)
 	}
 	if len(st.eventFromVisible) > 0 {
 		row("change visible on the ordinary port -> client knows, p50 / p99", "%s / %s (%d events)", pct(st.eventFromVisible, 50), pct(st.eventFromVisible, 99), len(st.eventFromVisible))
@@ -800,7 +941,7 @@ func (b *benchArgs) summary(out io.Writer, st *benchStats, cl *changeLog, setup,
 	if b.pid > 0 {
 		row("server CPU during set-up", "%.2f s (%.1f µs per LLQ)", setupCPU.Seconds(), float64(setupCPU.Microseconds())/float64(max(est, 1)))
 		if b.hold > 0 {
-			row("server CPU during hold", "%.2f s", holdCPU.Seconds())
+			row("server CPU during hold", "%.2f s (the bench's own: %.2f s)", holdCPU.Seconds(), st.benchHoldCPU.Seconds())
 		}
 		row("server RSS before / after set-up", "%.1f MiB / %.1f MiB (%.0f bytes per LLQ)", float64(rss0)/(1<<20), float64(rss1)/(1<<20), float64(rss1-rss0)/float64(max(est, 1)))
 	}
@@ -854,8 +995,9 @@ func procRSS(pid int) (int64, error) {
 }
 
 // The baseline for event fan-out: what a minimal Go program achieves sending
-// one event-sized datagram to each of the same sockets from one socket, as
-// the server does. Its packets carry a marker the readers count.
+// one event-sized datagram to each of the same endpoints (address and port)
+// from one socket, as the server does; the same readers receive them. Its
+// packets carry a marker the readers count.
 const baselineMagic = "LLQ-BENCH-BASELINE"
 
 var baselinePacket = func() []byte {
@@ -865,19 +1007,39 @@ var baselinePacket = func() []byte {
 }()
 
 func blast(socks []*benchSocket) error {
-	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	local := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}
+	if a := socks[0].local.Addr(); !a.Is4() || !a.IsLoopback() {
+		local = &net.UDPAddr{} // endpoints bound to any address
+	}
+	conn, err := net.ListenUDP("udp", local)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 	conn.SetWriteBuffer(4 << 20)
 	for _, s := range socks {
-		to := s.conn.LocalAddr().(*net.UDPAddr).AddrPort()
+		to := s.local
+		if to.Addr().IsUnspecified() {
+			to = netip.AddrPortFrom(netip.IPv6Loopback(), to.Port())
+		}
 		if _, err := conn.WriteToUDPAddrPort(baselinePacket, to); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// settle waits until no packet has reached the bench for quiet, or at most
+// limit.
+func settle(st *benchStats, quiet, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	last, since := st.received.Load(), time.Now()
+	for time.Now().Before(deadline) && time.Since(since) < quiet {
+		time.Sleep(50 * time.Millisecond)
+		if n := st.received.Load(); n != last {
+			last, since = n, time.Now()
+		}
+	}
 }
 
 func (st *benchStats) baselineArrived(at time.Time) {
@@ -921,7 +1083,7 @@ func (s *benchSocket) pollLoop(ctx context.Context) {
 				m.Id = uint16(i)
 				if b, err := m.Pack(); err == nil {
 					s.st.sent.Add(1)
-					s.conn.WriteToUDPAddrPort(b, to)
+					s.send(b, to)
 				}
 			}
 		}
@@ -950,6 +1112,6 @@ func (s *benchSocket) pollReply(b []byte, now time.Time) {
 	}
 	s.mu.Unlock()
 	if changed {
-		s.ch.arrived(has, now)
+		s.ch.arrived(has, now, l)
 	}
 }
