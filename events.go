@@ -4,11 +4,14 @@ import (
 	"encoding/binary"
 	"math"
 	"math/rand/v2"
+	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/llqdns/llq/wire"
 	"github.com/miekg/dns"
+	"golang.org/x/net/ipv4"
 )
 
 // An event tells one LLQ the current state of some records. Every packet
@@ -24,8 +27,12 @@ type event struct {
 	keys  []string // record identities, see recordKey
 	rrs   []dns.RR // the record for each key, as last known
 	tries int
-	retry timer  // embedded, see firer; initialised by newEvent
-	live  uint16 // DNS ID of the latest transmission
+	retry timer // embedded, see firer; initialised by newEvent
+	// answered is set when an ack has settled the event. Its timer is not
+	// taken out of the heap then (an O(log n) removal on every ack, in the
+	// middle of a fan-out): it fires later and finds nothing to do.
+	answered bool
+	live     uint16 // DNS ID of the latest transmission
 	// settled is set once the event, acknowledged while other transmissions
 	// of it were still unanswered, has been scheduled for a last restatement.
 	settled bool
@@ -152,6 +159,7 @@ func (e *Engine) track(ev *event, adds []bool, now time.Time) uint16 {
 	id := freshID(s)
 	s.pending = append(s.pending, transmission{id: id, ev: ev, adds: adds, sent: now})
 	ev.live = id
+	ev.answered = false
 	e.sched.schedule(&ev.retry, now.Add(backoff(cfg.retransmit, ev.tries)))
 	return id
 }
@@ -222,28 +230,38 @@ func (e *Engine) publish(t *topic, added, removed []string, old answerSet, now t
 // where the platform allows: a change fanned out to a hundred thousand LLQs
 // is a hundred thousand datagrams, and the per-call overhead would be most
 // of the cost. Each datagram gets its own copy of the shared template, since
-// a batch is in flight all at once.
+// a batch is in flight all at once; the copies, addresses and message
+// headers live in a reused sendScratch, so a datagram allocates nothing.
 func (e *Engine) send(ds []delivery, kind string) {
+	if len(ds) == 0 {
+		return
+	}
+	sc := scratchPool.Get().(*sendScratch)
 	sent := 0
 	for len(ds) > 0 {
 		n := min(len(ds), sendBatch)
-		batch := make([][]byte, n)
-		to := make([]netip.AddrPort, n)
-		for i, d := range ds[:n] {
-			b := d.packet
-			if !d.private {
-				b = append([]byte(nil), d.packet...)
-			}
-			patch(b, d.msgID, d.llqID, d.lease)
-			batch[i], to[i] = b, d.to
+		sc.data = sc.data[:0]
+		for _, d := range ds[:n] {
+			sc.data = append(sc.data, d.packet...)
 		}
-		k, err := e.ln.writeBatch(batch, to)
+		off := 0
+		for i, d := range ds[:n] {
+			b := sc.data[off : off+len(d.packet) : off+len(d.packet)]
+			off += len(d.packet)
+			patch(b, d.msgID, d.llqID, d.lease)
+			sc.bufs[i] = b
+			sc.ms[i].Buffers = sc.bufs[i : i+1]
+			sc.ms[i].Addr = e.ln.udpAddr(&sc.addrs[i], &sc.ips[i], d.to)
+		}
+		k, err := e.ln.writeBatch(sc.ms[:n])
 		if err != nil {
 			log.Debugf("event batch: %v", err)
 		}
 		sent += k
 		ds = ds[n:]
 	}
+	clear(sc.bufs[:])
+	scratchPool.Put(sc)
 	if kind == "retransmit" {
 		retransmissions.Add(float64(sent))
 	} else {
@@ -251,13 +269,24 @@ func (e *Engine) send(ds []delivery, kind string) {
 	}
 }
 
+// sendScratch is the memory one batch of send needs.
+type sendScratch struct {
+	ms    [sendBatch]ipv4.Message
+	bufs  [sendBatch][]byte
+	addrs [sendBatch]net.UDPAddr
+	ips   [sendBatch][16]byte
+	data  []byte
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(sendScratch) }}
+
 // retransmit resends an unacknowledged event with the current truth, or
 // drops the LLQ of a client that has stayed silent for every attempt.
 func (e *Engine) retransmit(ev *event) {
 	now := time.Now()
 	e.mu.Lock()
 	s := ev.sub
-	if s.gone {
+	if s.gone || ev.answered {
 		e.mu.Unlock()
 		return
 	}
@@ -352,7 +381,7 @@ func (e *Engine) acknowledge(msgID uint16, llqID uint64, src netip.AddrPort) {
 			ev.tries = 0
 			e.sched.schedule(&ev.retry, now.Add(wait))
 		} else {
-			e.sched.cancel(&ev.retry)
+			ev.answered = true
 		}
 	} else if d, err := e.restate(ev, now); err == nil {
 		// The client may now believe something no longer true: tell it

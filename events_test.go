@@ -98,7 +98,7 @@ func TestEvent(t *testing.T) {
 		if !tr.acked {
 			unacked++
 		}
-		if tr.ev.retry.index >= 0 {
+		if retransmitting(tr.ev) {
 			armed++
 		}
 	}
@@ -285,7 +285,7 @@ func TestStaleAckConverges(t *testing.T) {
 	env.e.mu.Lock()
 	armed := 0
 	for _, tr := range env.e.t.subs[id].pending {
-		if tr.ev.retry.index >= 0 {
+		if retransmitting(tr.ev) {
 			armed++
 		}
 	}
@@ -537,3 +537,7 @@ func TestEventDualStackListener(t *testing.T) {
 	ev, _ := c.read(t, wait)
 	wantEvent(t, ev, qWWW, id)
 }
+
+// retransmitting reports whether ev will be sent again when its timer
+// fires: an answered event's timer stays in the heap, idle.
+func retransmitting(ev *event) bool { return ev.retry.index >= 0 && !ev.answered }

@@ -20,7 +20,7 @@ import (
 type listener struct {
 	e     *Engine
 	udp   *net.UDPConn
-	batch batchWriter
+	batch batchConn
 	v6    bool // the UDP socket is IPv6 (possibly dual-stack)
 	tcp   *net.TCPListener
 	wg    sync.WaitGroup
@@ -90,20 +90,16 @@ func (l *listener) writeTo(b []byte, to netip.AddrPort) error {
 // sendBatch is how many datagrams one sendmmsg carries.
 const sendBatch = 64
 
-// batchWriter is ipv4.PacketConn or ipv6.PacketConn: their Message types are
+// batchConn is ipv4.PacketConn or ipv6.PacketConn: their Message types are
 // one and the same.
-type batchWriter interface {
+type batchConn interface {
 	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
 }
 
-// writeBatch sends b[i] to to[i] and returns how many went out. On Linux a
-// batch is one sendmmsg; elsewhere x/net falls back to one write each.
-func (l *listener) writeBatch(b [][]byte, to []netip.AddrPort) (int, error) {
-	ms := make([]ipv4.Message, len(b))
-	for i := range b {
-		ms[i].Buffers = b[i : i+1]
-		ms[i].Addr = net.UDPAddrFromAddrPort(l.sockAddr(to[i]))
-	}
+// writeBatch sends ms and returns how many went out. On Linux a batch is one
+// sendmmsg; elsewhere x/net falls back to one write each.
+func (l *listener) writeBatch(ms []ipv4.Message) (int, error) {
 	sent := 0
 	for sent < len(ms) {
 		n, err := l.batch.WriteBatch(ms[sent:], 0)
@@ -120,6 +116,20 @@ func (l *listener) writeBatch(b [][]byte, to []netip.AddrPort) (int, error) {
 	return sent, nil
 }
 
+// udpAddr fills a and its IP storage ip with the socket address for to.
+func (l *listener) udpAddr(a *net.UDPAddr, ip *[16]byte, to netip.AddrPort) *net.UDPAddr {
+	to = l.sockAddr(to)
+	if to.Addr().Is4() {
+		v4 := to.Addr().As4()
+		a.IP = append(ip[:0], v4[:]...)
+	} else {
+		*ip = to.Addr().As16()
+		a.IP = ip[:]
+	}
+	a.Port, a.Zone = int(to.Port()), to.Addr().Zone()
+	return a
+}
+
 // sockAddr maps an IPv4 destination into IPv6 form on a dual-stack socket.
 func (l *listener) sockAddr(to netip.AddrPort) netip.AddrPort {
 	if l.v6 && to.Addr().Is4() {
@@ -128,20 +138,47 @@ func (l *listener) sockAddr(to netip.AddrPort) netip.AddrPort {
 	return to
 }
 
+// readBatch is how many datagrams one recvmmsg takes in: during a fan-out
+// the acks arrive as fast as the events leave. readSlot is the room for
+// each; a datagram that fills it is no LLQ request (one question and its
+// option take under 300 bytes) and is answered FORMERR.
+const (
+	readBatch = 16
+	readSlot  = 4096
+)
+
 func (l *listener) serveUDP() {
 	defer l.wg.Done()
-	buf := make([]byte, 65535)
+	ms := make([]ipv4.Message, readBatch)
+	for i := range ms {
+		ms[i].Buffers = [][]byte{make([]byte, readSlot)}
+	}
 	for {
-		n, src, err := l.udp.ReadFromUDPAddrPort(buf)
+		n, err := l.batch.ReadBatch(ms, 0)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
 			continue
 		}
-		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-		if reply := l.e.serve(buf[:n], src, false); reply != nil {
-			l.writeTo(reply, src)
+		for _, m := range ms[:n] {
+			ua, ok := m.Addr.(*net.UDPAddr)
+			if !ok {
+				continue
+			}
+			src := ua.AddrPort()
+			src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+			b := m.Buffers[0][:m.N]
+			var reply []byte
+			if m.N >= readSlot { // maybe cut short: MSG_TRUNC is not portable
+
+				reply = formErrHeader(b)
+			} else {
+				reply = l.e.serve(b, src, false)
+			}
+			if reply != nil {
+				l.writeTo(reply, src)
+			}
 		}
 	}
 }
