@@ -49,7 +49,7 @@ func (l *LLQ) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (i
 		}
 	}
 	stripLLQ(r)
-	return l.next(ctx, w, r)
+	return l.handOn(ctx, w, r)
 }
 
 // next hands an ordinary query on. plugin.NextOrFailure would wrap w to

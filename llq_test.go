@@ -2,10 +2,13 @@ package llq
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"testing"
 
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/metrics"
+	"github.com/coredns/coredns/plugin/pkg/dnstest"
 	"github.com/coredns/coredns/plugin/test"
 	"github.com/miekg/dns"
 	ot "github.com/opentracing/opentracing-go"
@@ -68,3 +71,72 @@ func TestNextAsNextOrFailure(t *testing.T) {
 }
 
 var _ plugin.Handler = (*namedHandler)(nil)
+
+// panicking is a next plugin that panics, as a buggy one might.
+type panicking struct{}
+
+func (panicking) Name() string { return "buggy" }
+func (panicking) ServeDNS(context.Context, dns.ResponseWriter, *dns.Msg) (int, error) {
+	panic("buggy plugin")
+}
+
+// TestHandOnPanic: a panic below llq reaches the query's own goroutine,
+// where CoreDNS's server recovers from it, whether the query ran on a
+// worker or not; the worker survives it.
+func TestHandOnPanic(t *testing.T) {
+	l := &LLQ{Next: panicking{}, cfg: defaultConfig()}
+	q := new(dns.Msg)
+	q.SetQuestion("www.example.org.", dns.TypeA)
+	for range 50 { // the first starts a worker, the later ones use it
+		func() {
+			defer func() {
+				if p := recover(); p != "buggy plugin" {
+					t.Fatalf("recovered %v, want the plugin's panic", p)
+				}
+			}()
+			l.ServeDNS(context.Background(), &test.ResponseWriter{}, q.Copy())
+			t.Fatal("no panic")
+		}()
+	}
+}
+
+// TestHandOnConcurrent: queries in flight at once, more than there are
+// workers, each get their own answer and nothing is mixed up.
+func TestHandOnConcurrent(t *testing.T) {
+	next := plugin.HandlerFunc(func(_ context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Answer = append(m.Answer, &dns.TXT{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET}, Txt: []string{r.Question[0].Name}})
+		w.WriteMsg(m)
+		return dns.RcodeSuccess, nil
+	})
+	l := &LLQ{Next: next, cfg: defaultConfig()}
+	const n = 2 * maxWorkers
+	errs := make(chan string, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range 20 {
+				name := fmt.Sprintf("q%d-%d.example.org.", i, j)
+				q := new(dns.Msg)
+				q.SetQuestion(name, dns.TypeTXT)
+				rec := dnstest.NewRecorder(&test.ResponseWriter{})
+				rcode, err := l.ServeDNS(context.Background(), rec, q)
+				if rcode != dns.RcodeSuccess || err != nil || rec.Msg == nil || rec.Msg.Answer[0].(*dns.TXT).Txt[0] != name {
+					errs <- fmt.Sprintf("%s: rcode %d err %v answer %v", name, rcode, err, rec.Msg)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	if w := workers.Load(); w < 1 || w > maxWorkers {
+		t.Errorf("%d workers, want 1 to %d", w, maxWorkers)
+	}
+}

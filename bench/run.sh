@@ -7,7 +7,8 @@
 #   bench/run.sh -llqs 20000 -loss 0.05  # any llq bench flags
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# A fan-out to 100,000 subscribers needs 100,000 client sockets.
+# On loopback IPv4 the bench's endpoints share sockets (IP_PKTINFO), 250
+# addresses to one; with -share=false each needs a file descriptor.
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 out=${BENCH_OUT:-/tmp/llq-bench}
 . bench/start.sh Corefile
