@@ -142,9 +142,9 @@ func freshID(s *subscription) uint16 {
 	}
 }
 
-// track records a transmission of ev and arms its retransmission. Call with
-// e.mu held.
-func (e *Engine) track(ev *event, adds []bool, now time.Time) uint16 {
+// track records a transmission of ev and, with arm, arms its
+// retransmission. Call with e.mu held.
+func (e *Engine) track(ev *event, adds []bool, now time.Time, arm bool) uint16 {
 	s := ev.sub
 	cfg := e.config()
 	// Forget packets older than a whole retransmission schedule: their
@@ -160,7 +160,9 @@ func (e *Engine) track(ev *event, adds []bool, now time.Time) uint16 {
 	s.pending = append(s.pending, transmission{id: id, ev: ev, adds: adds, sent: now})
 	ev.live = id
 	ev.answered = false
-	e.sched.schedule(&ev.retry, now.Add(backoff(cfg.retransmit, ev.tries)))
+	if arm {
+		e.sched.schedule(&ev.retry, now.Add(backoff(cfg.retransmit, ev.tries)))
+	}
 	return id
 }
 
@@ -205,6 +207,8 @@ func (e *Engine) publish(t *topic, added, removed []string, old answerSet, now t
 	// delivery per subscriber rather than let append double (and copy) it
 	// a dozen times for a large topic.
 	out := make([]delivery, 0, len(t.subs))
+	round := &retryRound{e: e, events: make([]*event, 0, len(t.subs))}
+	round.timer.init(round)
 	for _, s := range t.subs {
 		chunks, ok := bySize[s.udpSize]
 		if !ok {
@@ -219,11 +223,46 @@ func (e *Engine) publish(t *topic, added, removed []string, old answerSet, now t
 			bySize[s.udpSize] = chunks
 		}
 		for _, c := range chunks {
-			id := e.track(e.newEvent(s, c.st), c.st.adds, now)
+			ev := e.newEvent(s, c.st)
+			id := e.track(ev, c.st.adds, now, false)
+			round.events = append(round.events, ev)
 			out = append(out, delivery{to: s.client, msgID: id, llqID: s.id, lease: s.remaining(now), packet: c.packet})
 		}
 	}
+	if len(round.events) > 0 {
+		e.sched.schedule(&round.timer, now.Add(e.config().retransmit))
+	}
 	return out
+}
+
+// retryRound is the first retransmission deadline of every event of one
+// change. They all fall due together, so one timer serves them: a change
+// fanned out to a hundred thousand LLQs costs one heap entry instead of a
+// hundred thousand pushes and pops, and an ack touches no heap at all.
+// An event gets a timer of its own once it needs one (a retransmission, a
+// restatement), and the round then leaves it alone.
+type retryRound struct {
+	e      *Engine
+	events []*event
+	timer  timer
+}
+
+func (r *retryRound) fire() {
+	e := r.e
+	now := time.Now()
+	var ds []delivery
+	e.mu.Lock()
+	for _, ev := range r.events {
+		if ev.retry.index >= 0 { // on a timer of its own by now
+			continue
+		}
+		if d, ok := e.retransmitLocked(ev, now); ok {
+			ds = append(ds, d)
+		}
+	}
+	e.mu.Unlock()
+	r.events = nil
+	e.send(ds, "retransmit")
 }
 
 // send writes deliveries to the wire, a batch of datagrams per system call
@@ -283,28 +322,34 @@ var scratchPool = sync.Pool{New: func() any { return new(sendScratch) }}
 // retransmit resends an unacknowledged event with the current truth, or
 // drops the LLQ of a client that has stayed silent for every attempt.
 func (e *Engine) retransmit(ev *event) {
-	now := time.Now()
 	e.mu.Lock()
+	d, ok := e.retransmitLocked(ev, time.Now())
+	e.mu.Unlock()
+	if ok {
+		e.send([]delivery{d}, "retransmit")
+	}
+}
+
+// retransmitLocked is retransmit with e.mu held; it returns the packet to
+// send, if any.
+func (e *Engine) retransmitLocked(ev *event, now time.Time) (delivery, bool) {
 	s := ev.sub
 	if s.gone || ev.answered {
-		e.mu.Unlock()
-		return
+		return delivery{}, false
 	}
 	ev.tries++
 	if ev.tries >= e.config().attempts {
 		e.drop(s)
 		droppedSilent.Inc()
-		e.mu.Unlock()
 		log.Debugf("dropped LLQ %x of %s: %d events unacknowledged", s.id, s.client, ev.tries)
-		return
+		return delivery{}, false
 	}
 	d, err := e.restate(ev, now)
-	e.mu.Unlock()
 	if err != nil {
 		log.Errorf("cannot pack event for %s: %v", s.topic.question.Name, err)
-		return
+		return delivery{}, false
 	}
-	e.send([]delivery{d}, "retransmit")
+	return d, true
 }
 
 // restate brings ev up to the current truth and transmits it again. Call
@@ -321,7 +366,7 @@ func (e *Engine) restate(ev *event, now time.Time) (delivery, error) {
 		}
 	}
 	ev.rrs = rrs
-	id := e.track(ev, adds, now)
+	id := e.track(ev, adds, now, true)
 	lease := s.remaining(now)
 	b, err := buildEvent(s.topic.question, rrs, adds, id, s.id, lease)
 	return delivery{to: s.client, msgID: id, llqID: s.id, lease: lease, packet: b, private: true}, err

@@ -2,6 +2,7 @@ package llq
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -490,10 +491,14 @@ func TestRetransmitBackoffSchedule(t *testing.T) {
 		env.e.mu.Unlock()
 		env.e.sched.mu.Lock()
 		defer env.e.sched.mu.Unlock()
-		if ev.retry.index < 0 {
-			t.Fatalf("retry timer not armed")
+		if ev.retry.index >= 0 {
+			return ev.retry.at.Sub(sent)
 		}
-		return ev.retry.at.Sub(sent)
+		if r := roundOf(env.e, ev); r != nil { // the first retry
+			return r.timer.at.Sub(sent)
+		}
+		t.Fatalf("retry timer not armed")
+		return 0
 	}
 	if d := due(); d != time.Hour {
 		t.Fatalf("first retry after %v, want 1h", d)
@@ -541,3 +546,75 @@ func TestEventDualStackListener(t *testing.T) {
 // retransmitting reports whether ev will be sent again when its timer
 // fires: an answered event's timer stays in the heap, idle.
 func retransmitting(ev *event) bool { return ev.retry.index >= 0 && !ev.answered }
+
+// roundOf returns the armed retry round that holds ev, or nil. Call with
+// e.sched.mu held.
+func roundOf(e *Engine, ev *event) *retryRound {
+	for _, t := range e.sched.h {
+		if r, ok := t.f.(*retryRound); ok && slices.Contains(r.events, ev) {
+			return r
+		}
+	}
+	return nil
+}
+
+// TestRetryRound: one timer serves the first retransmission of every event
+// of a change. When it fires, an acknowledged event stays quiet and only
+// the silent subscriber hears the event again.
+func TestRetryRound(t *testing.T) {
+	env := newTestEnv(t, func(c *config) { c.retransmit = time.Hour })
+	acking, silent := newUDPClient(t), newUDPClient(t)
+	env.establish(t, acking.addr, 1232, qWWW, 3600)
+	env.establish(t, silent.addr, 1232, qWWW, 3600)
+	armed := env.e.sched.len()
+	swapZone(t, env.zone, eventZone)
+	env.changed()
+	ev1, _ := acking.read(t, wait)
+	ev2, _ := silent.read(t, wait)
+	if n := env.e.sched.len() - armed; n != 1 {
+		t.Fatalf("%d timers armed for a change to 2 LLQs, want 1", n)
+	}
+	env.ack(t, acking, ev1)
+	eventually(t, "the ack", func() bool {
+		env.e.mu.Lock()
+		defer env.e.mu.Unlock()
+		for _, s := range env.e.t.subs {
+			if s.client == acking.addr {
+				return s.pending[0].acked
+			}
+		}
+		return false
+	}, wait)
+
+	env.e.mu.Lock()
+	var ev *event
+	for _, s := range env.e.t.subs {
+		if s.client == silent.addr {
+			ev = s.pending[0].ev
+		}
+	}
+	env.e.mu.Unlock()
+	env.e.sched.mu.Lock()
+	r := roundOf(env.e, ev)
+	env.e.sched.mu.Unlock()
+	if r == nil || len(r.events) != 2 {
+		t.Fatalf("no round holding both events")
+	}
+	env.e.sched.cancel(&r.timer)
+	r.fire() // as if an hour had passed
+
+	again, _ := silent.read(t, wait)
+	if again.Id == ev2.Id {
+		t.Errorf("retransmission reuses the DNS ID %d", again.Id)
+	}
+	sameRRs(t, again.Answer, rrStrings(ev2.Answer)...)
+	if m, ok := acking.quiet(100 * time.Millisecond); !ok {
+		t.Fatalf("acknowledged subscriber got %v", m)
+	}
+	env.e.sched.mu.Lock()
+	own := ev.retry.index >= 0
+	env.e.sched.mu.Unlock()
+	if !own {
+		t.Fatal("the retransmitted event has no timer of its own for the next try")
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -69,6 +70,7 @@ type benchArgs struct {
 	report      time.Duration
 	baseline    bool
 	poll        time.Duration
+	cpuProfile  string
 	share       bool
 }
 
@@ -111,6 +113,7 @@ func parseBench(args []string, stderr io.Writer) (*benchArgs, error) {
 	fs.StringVar(&b.dnsAddr, "dns", "", "ordinary DNS address of the server, to time when the backend shows a change")
 	fs.IntVar(&b.pid, "pid", 0, "server process ID, to report its RSS and CPU time")
 	fs.DurationVar(&b.report, "report", time.Second, "progress report interval")
+	fs.StringVar(&b.cpuProfile, "cpuprofile", "", "write the bench's own CPU profile to this file")
 	fs.DurationVar(&b.poll, "poll", 0, "instead of LLQs, poll the names with ordinary queries to -dns at this interval (the alternative LLQ replaces)")
 	fs.BoolVar(&b.baseline, "baseline", false, "after the hold, time a bare Go UDP sender sending one packet to every endpoint")
 	pos, err := parseInterspersed(fs, args)
@@ -286,6 +289,17 @@ func (c *changeLog) fanningOut(subscribers int, limit time.Duration) bool {
 }
 
 func (b *benchArgs) run(ctx context.Context, out io.Writer) error {
+	if b.cpuProfile != "" {
+		f, err := os.Create(b.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	st := &benchStats{}
 	cl := &changeLog{}
 	socks, conns, err := b.openEndpoints(st, cl)
