@@ -44,7 +44,9 @@ reached every LLQ on name 0, so that fan-outs do not overlap); with -dns it
 polls the ordinary port to learn when the backend shows each change, and
 reports event latency from there. The largest fan-out is timed from the
 first to the last LLQ the change reached; with -baseline, a bare Go sender
-then sends one packet to every endpoint, timed the same way.
+then sends one packet to every endpoint, timed the same way, and then again
+with every packet answered by its endpoint with an ack-sized datagram to a
+bare Go receiver, as LLQ events are acked.
 
 Flags:
 `
@@ -206,11 +208,22 @@ type benchStats struct {
 	endpoints, conns                               int
 	shared                                         bool
 	fanWant                                        int   // LLQs live on name 0 at the end of the hold
-	dropsHold, dropsBaseline                       int64 // client receive-queue drops counted by the kernel
+	dropsHold, dropsBaseline, dropsAcked           int64 // client receive-queue drops counted by the kernel
 	dropsOK                                        bool
 	serverDrops                                    int64 // at the server's socket during set-up and hold
 	serverDropsOK                                  bool
 	benchHoldCPU                                   time.Duration
+
+	// The baseline with acks: packets that reached the endpoints, first and
+	// last, and the acks they sent back to the sink.
+	acked                int
+	ackedFirst, ackedEnd time.Time
+	ackedSpan, ackedLast time.Duration // the last relative to ackedFirst
+	ackedSent            atomic.Int64
+	ackedReceived        int64
+	sinkDrops            int64
+	sinkDropsOK          bool
+	sink                 atomic.Pointer[ackSink] // where endpoints answer, during that baseline
 }
 
 // change is one zone edit made by the bench, with the time the zone file was
@@ -238,6 +251,11 @@ type benchSocket struct {
 	byID  map[uint64]*benchLLQ
 	st    *benchStats
 	ch    *changeLog
+
+	// baseAck answers a packet of the baseline with acks: an LLQ ack of this
+	// endpoint's first question, so of the size of its LLQ acks. Set before
+	// st.sink, read by the reader after loading st.sink.
+	baseAck []byte
 }
 
 type changeLog struct {
@@ -378,8 +396,8 @@ func (b *benchArgs) run(ctx context.Context, out io.Writer) error {
 	drops0, err0 := connDrops(conns)
 	if b.baseline {
 		// The tail of the last fan-out would share the CPU with the baseline.
-		settle(st, 500*time.Millisecond, 30*time.Second)
-		if err := blast(socks); err != nil {
+		settle(st.received.Load, 500*time.Millisecond, 30*time.Second)
+		if err := blast(socks, baselinePacket); err != nil {
 			return err
 		}
 		time.Sleep(time.Second) // let the last packets arrive
@@ -388,9 +406,19 @@ func (b *benchArgs) run(ctx context.Context, out io.Writer) error {
 		st.mu.Unlock()
 	}
 	drops1, err1 := connDrops(conns)
-	sdrops1, sok1 := serverDrops(b.server) // the baseline does not reach the server
+	sdrops1, sok1 := serverDrops(b.server) // the baselines do not reach the server
+	drops2, err2 := drops1, err1
+	if b.baseline {
+		// Stragglers of the plain baseline would share the CPU with this one.
+		settle(func() int64 { return st.received.Load() + st.baselineCount() }, 500*time.Millisecond, 30*time.Second)
+		if err := b.ackedBaseline(st, socks); err != nil {
+			return err
+		}
+		drops2, err2 = connDrops(conns)
+	}
 	st.serverDrops, st.serverDropsOK = sdrops1-sdrops0, sok0 && sok1
-	st.dropsHold, st.dropsBaseline, st.dropsOK = drops0, drops1-drops0, err0 == nil && err1 == nil
+	st.dropsHold, st.dropsBaseline, st.dropsAcked = drops0, drops1-drops0, drops2-drops1
+	st.dropsOK = err0 == nil && err1 == nil && err2 == nil
 
 	termStart := time.Now()
 	terminateAll(socks, b.retry)
@@ -529,6 +557,10 @@ func (s *benchSocket) write(m *dns.Msg) {
 func (s *benchSocket) handle(b []byte, from netip.AddrPort, now time.Time) {
 	if len(b) == len(baselinePacket) && string(b[:len(baselineMagic)]) == baselineMagic {
 		s.st.baselineArrived(now)
+		return
+	}
+	if len(b) == len(ackedPacket) && string(b[:len(ackedMagic)]) == ackedMagic {
+		s.baselineAck(now)
 		return
 	}
 	if s.b.loss > 0 && rand.Float64() < s.b.loss {
@@ -923,20 +955,40 @@ func (b *benchArgs) summary(out io.Writer, st *benchStats, cl *changeLog, setup,
 		}
 	}
 	cl.mu.Unlock()
+	var fanRate float64
 	if n := len(fan.arrivals); n > 1 {
 		sort.Slice(fan.arrivals, func(i, j int) bool { return fan.arrivals[i].Before(fan.arrivals[j]) })
 		span := fan.arrivals[n-1].Sub(fan.arrivals[0])
-		row("largest fan-out: events for one change, first to last arrival", "%d of %d subscribers in %s = %.0f events/s", n, st.fanWant, span.Round(time.Millisecond), float64(n)/span.Seconds())
+		fanRate = float64(n) / span.Seconds()
+		row("largest fan-out: events for one change, first to last arrival", "%d of %d subscribers in %s = %.0f events/s", n, st.fanWant, span.Round(time.Millisecond), fanRate)
 		if fan.dups > 0 {
 			row("repeats of that change to a subscriber already told (retransmissions)", "%d", fan.dups)
 		}
 	}
+	var baseRate, ackedRate float64
 	if st.baseline > 1 {
-		row("baseline: a bare Go UDP sender to the same endpoints", "%d in %s = %.0f packets/s (%d sent)", st.baseline, st.baselineSpan.Round(time.Millisecond), float64(st.baseline)/st.baselineSpan.Seconds(), st.endpoints)
+		baseRate = float64(st.baseline) / st.baselineSpan.Seconds()
+		row("baseline: a bare Go UDP sender to the same endpoints", "%d in %s = %.0f packets/s (%d sent)", st.baseline, st.baselineSpan.Round(time.Millisecond), baseRate, st.endpoints)
+	}
+	if st.acked > 1 {
+		ackedRate = float64(st.acked) / st.ackedSpan.Seconds()
+		sink := ""
+		if st.sinkDropsOK {
+			sink = fmt.Sprintf(", %d dropped by the receiver's kernel", st.sinkDrops)
+		}
+		row("baseline with acks: bare Go sender, every packet answered to a bare Go receiver", "%d in %s = %.0f packets/s (%d sent; acks received: %d of %d, the last %s after the first packet arrived%s)",
+			st.acked, st.ackedSpan.Round(time.Millisecond), ackedRate, st.endpoints, st.ackedReceived, st.ackedSent.Load(), st.ackedLast.Round(time.Millisecond), sink)
+	}
+	if fanRate > 0 && baseRate > 0 {
+		if ackedRate > 0 {
+			row("fan-out events/s over baseline / over baseline with acks", "%.2f / %.2f", fanRate/baseRate, fanRate/ackedRate)
+		} else {
+			row("fan-out events/s over baseline", "%.2f", fanRate/baseRate)
+		}
 	}
 	if st.dropsOK {
 		if b.baseline {
-			row("client receive-queue drops (kernel): set-up and hold / baseline", "%d / %d", st.dropsHold, st.dropsBaseline)
+			row("client receive-queue drops (kernel): set-up and hold / baseline / baseline with acks", "%d / %d / %d", st.dropsHold, st.dropsBaseline, st.dropsAcked)
 		} else {
 			row("client receive-queue drops (kernel)", "%d", st.dropsHold)
 		}
@@ -1020,12 +1072,17 @@ var baselinePacket = func() []byte {
 	return b
 }()
 
-func blast(socks []*benchSocket) error {
-	local := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}
+// blastLocal is the address the baseline sockets bind to.
+func blastLocal(socks []*benchSocket) *net.UDPAddr {
 	if a := socks[0].local.Addr(); !a.Is4() || !a.IsLoopback() {
-		local = &net.UDPAddr{} // endpoints bound to any address
+		return &net.UDPAddr{} // endpoints bound to any address
 	}
-	conn, err := net.ListenUDP("udp", local)
+	return &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}
+}
+
+// blast sends pkt to every endpoint from one socket.
+func blast(socks []*benchSocket, pkt []byte) error {
+	conn, err := net.ListenUDP("udp", blastLocal(socks))
 	if err != nil {
 		return err
 	}
@@ -1036,24 +1093,30 @@ func blast(socks []*benchSocket) error {
 		if to.Addr().IsUnspecified() {
 			to = netip.AddrPortFrom(netip.IPv6Loopback(), to.Port())
 		}
-		if _, err := conn.WriteToUDPAddrPort(baselinePacket, to); err != nil {
+		if _, err := conn.WriteToUDPAddrPort(pkt, to); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// settle waits until no packet has reached the bench for quiet, or at most
-// limit.
-func settle(st *benchStats, quiet, limit time.Duration) {
+// settle waits until count, of packets that reached the bench, has not
+// moved for quiet, or at most limit.
+func settle(count func() int64, quiet, limit time.Duration) {
 	deadline := time.Now().Add(limit)
-	last, since := st.received.Load(), time.Now()
+	last, since := count(), time.Now()
 	for time.Now().Before(deadline) && time.Since(since) < quiet {
 		time.Sleep(50 * time.Millisecond)
-		if n := st.received.Load(); n != last {
+		if n := count(); n != last {
 			last, since = n, time.Now()
 		}
 	}
+}
+
+func (st *benchStats) baselineCount() int64 {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return int64(st.baseline)
 }
 
 func (st *benchStats) baselineArrived(at time.Time) {
@@ -1066,6 +1129,125 @@ func (st *benchStats) baselineArrived(at time.Time) {
 		st.baseLast = at
 	}
 	st.baseline++
+}
+
+// The baseline with acks: the same bare sender, but every endpoint answers
+// each packet at once with a datagram of the size of its LLQ acks, sent the
+// way it sends those (batched at the end of the read on a shared socket,
+// from the endpoint's address), to a bare Go receiver that only counts. The
+// difference from the plain baseline is what the protocol's round trip costs
+// by itself: the acks' sending and, on loopback, their delivery to the
+// receiving socket in the sender's context, and their reception.
+const ackedMagic = "LLQ-BENCH-ACKED-BASELINE"
+
+var ackedPacket = func() []byte {
+	b := make([]byte, len(baselinePacket))
+	copy(b, ackedMagic)
+	return b
+}()
+
+// ackSink is the bare Go receiver of the baseline's acks.
+type ackSink struct {
+	conn *net.UDPConn
+	addr *net.UDPAddr
+	ap   netip.AddrPort
+	n    atomic.Int64
+	last time.Time // of the last ack; read after done
+	done chan struct{}
+}
+
+// receiveBuffer is what the llq server asks for its UDP socket.
+const receiveBuffer = 4 << 20
+
+func newAckSink(local *net.UDPAddr) (*ackSink, error) {
+	conn, err := net.ListenUDP("udp", local)
+	if err != nil {
+		return nil, err
+	}
+	conn.SetReadBuffer(receiveBuffer) // as the server's socket
+	ap := conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	if ap.Addr().IsUnspecified() {
+		ap = netip.AddrPortFrom(netip.IPv6Loopback(), ap.Port())
+	}
+	k := &ackSink{conn: conn, addr: net.UDPAddrFromAddrPort(ap), ap: ap, done: make(chan struct{})}
+	go k.run()
+	return k, nil
+}
+
+func (k *ackSink) run() {
+	defer close(k.done)
+	buf := make([]byte, 2048)
+	for {
+		if _, _, err := k.conn.ReadFromUDPAddrPort(buf); err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		k.last = time.Now()
+		k.n.Add(1)
+	}
+}
+
+// ackedBaseline runs the baseline with acks and files its figures in st.
+func (b *benchArgs) ackedBaseline(st *benchStats, socks []*benchSocket) error {
+	k, err := newAckSink(blastLocal(socks))
+	if err != nil {
+		return err
+	}
+	q0 := dns.Question{Name: dns.Fqdn(fmt.Sprintf(b.name, 0)), Qtype: b.qtype, Qclass: dns.ClassINET}
+	for _, s := range socks {
+		q := q0
+		if len(s.llqs) > 0 {
+			q = s.llqs[0].q
+		}
+		s.baseAck = packAck(q, 1)
+	}
+	st.sink.Store(k)
+	err = blast(socks, ackedPacket)
+	if err == nil {
+		time.Sleep(time.Second) // as for the plain baseline
+		settle(func() int64 { return st.ackedCount() + k.n.Load() }, 500*time.Millisecond, 30*time.Second)
+	}
+	st.sink.Store(nil)
+	drops, found, derr := udpDrops([]netip.AddrPort{k.ap})
+	k.conn.Close()
+	<-k.done
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.ackedSpan = st.ackedEnd.Sub(st.ackedFirst)
+	if !k.last.IsZero() && st.acked > 0 {
+		st.ackedLast = k.last.Sub(st.ackedFirst)
+	}
+	st.ackedReceived = k.n.Load()
+	st.sinkDrops, st.sinkDropsOK = drops, derr == nil && found == 1
+	return err
+}
+
+func (st *benchStats) ackedCount() int64 {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return int64(st.acked)
+}
+
+// baselineAck counts a packet of the baseline with acks and answers it.
+func (s *benchSocket) baselineAck(now time.Time) {
+	st := s.st
+	st.mu.Lock()
+	if st.acked == 0 || now.Before(st.ackedFirst) {
+		st.ackedFirst = now
+	}
+	if now.After(st.ackedEnd) {
+		st.ackedEnd = now
+	}
+	st.acked++
+	st.mu.Unlock()
+	k := st.sink.Load()
+	if k == nil || s.baseAck == nil {
+		return
+	}
+	st.ackedSent.Add(1)
+	s.pc.queueTo(s, s.baseAck, k.addr, k.ap)
 }
 
 // pollLoop is the alternative to LLQ: ask every name again each -poll,

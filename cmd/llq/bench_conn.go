@@ -218,8 +218,13 @@ func (c *benchConn) readShared() {
 // queue sends b from s to the server: at the end of the read batch on a
 // shared socket (only its reader calls queue), at once otherwise.
 func (c *benchConn) queue(s *benchSocket, b []byte) {
+	c.queueTo(s, b, c.server, s.b.server)
+}
+
+// queueTo is queue to any address, given both ways (to and ap are the same).
+func (c *benchConn) queueTo(s *benchSocket, b []byte, to *net.UDPAddr, ap netip.AddrPort) {
 	if !c.shared {
-		s.send(b, s.b.server)
+		s.send(b, ap)
 		return
 	}
 	start := len(c.arena)
@@ -231,7 +236,7 @@ func (c *benchConn) queue(s *benchSocket, b []byte) {
 	}
 	m := &c.out[len(c.out)-1]
 	m.Buffers = append(m.Buffers[:0], c.arena[start:len(c.arena):len(c.arena)])
-	m.OOB, m.Addr = s.oob, c.server
+	m.OOB, m.Addr = s.oob, to
 }
 
 // flush sends what queue queued.

@@ -113,8 +113,8 @@ func (p *benchPeer) serve() {
 }
 
 // TestBenchEndpoints checks that every endpoint is a client of its own to
-// the server, whether endpoints share sockets or not, and that events, acks
-// and the baseline reach each one.
+// the server, whether endpoints share sockets or not, that events, acks and
+// the baselines reach each one, and that each answers the baseline with acks.
 func TestBenchEndpoints(t *testing.T) {
 	const n = 300
 	for _, tc := range []struct {
@@ -143,6 +143,8 @@ func TestBenchEndpoints(t *testing.T) {
 				fmt.Sprintf("| event packets received / acked | %d / %d |", n, n),
 				fmt.Sprintf("| baseline: a bare Go UDP sender to the same endpoints | %d in", n),
 				fmt.Sprintf("packets/s (%d sent) |", n),
+				fmt.Sprintf("| baseline with acks: bare Go sender, every packet answered to a bare Go receiver | %d in", n),
+				fmt.Sprintf("packets/s (%d sent; acks received: %d of %d, the last", n, n, n),
 				fmt.Sprintf("| terminated | %d in", n),
 			} {
 				if !strings.Contains(out.String(), want) {
