@@ -27,13 +27,16 @@ func (e *Engine) serve(b []byte, src netip.AddrPort, tcp bool) (packed []byte) {
 			packed = nil
 		}
 	}()
+	if len(b) >= 12 && b[2]&0x80 != 0 {
+		// A response: the only ones a client sends are event acks. Never
+		// answer one, whatever it holds (two servers could bounce errors
+		// forever).
+		wire.EventAcks(b, func(msgID uint16, llqID uint64) { e.acknowledge(msgID, llqID, src) })
+		return nil
+	}
 	m := new(dns.Msg)
 	if err := m.Unpack(b); err != nil {
 		return formErrHeader(b)
-	}
-	if m.Response {
-		e.ack(m, src)
-		return nil
 	}
 	reply := new(dns.Msg)
 	reply.Id = m.Id
@@ -204,19 +207,6 @@ func (e *Engine) precheck(addr netip.Addr) *setupError {
 func (e *Engine) known(id uint64, addr netip.Addr) bool {
 	s, ok := e.t.subs[id]
 	return ok && s.client.Addr() == addr
-}
-
-// ack handles a response arriving on the listener: the only ones a client
-// sends are event acknowledgements.
-func (e *Engine) ack(m *dns.Msg, src netip.AddrPort) {
-	if m.Opcode != dns.OpcodeQuery {
-		return
-	}
-	for _, o := range wire.Options(m) {
-		if o.Opcode == wire.OpEvent {
-			e.acknowledge(m.Id, o.Id, src)
-		}
-	}
 }
 
 func pack(m *dns.Msg) []byte {

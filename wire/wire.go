@@ -180,6 +180,63 @@ func checkOptionLengths(rdata []byte) error {
 	return nil
 }
 
+// EventAcks calls f with the message ID of the raw DNS response b and the
+// LLQ ID of every event acknowledgement in it (an LLQ option with opcode
+// OpEvent). It unpacks only the OPT record, with miekg/dns: an ack is
+// the one message a server receives for every event it sends, and the
+// question it echoes needs no decoding. A message that is no standard
+// response, or does not parse, yields no acks.
+func EventAcks(b []byte, f func(msgID uint16, llqID uint64)) error {
+	if len(b) < 12 {
+		return dns.ErrShortRead
+	}
+	if b[2]&0x80 == 0 || (b[2]>>3)&0xF != dns.OpcodeQuery {
+		return nil
+	}
+	qd := int(binary.BigEndian.Uint16(b[4:]))
+	rrs := int(binary.BigEndian.Uint16(b[6:])) + int(binary.BigEndian.Uint16(b[8:]))
+	ar := int(binary.BigEndian.Uint16(b[10:]))
+	off := 12
+	var err error
+	for range qd {
+		if off, err = skipName(b, off); err != nil {
+			return err
+		}
+		off += 4
+	}
+	for range rrs {
+		if off, err = skipName(b, off); err != nil {
+			return err
+		}
+		if off+10 > len(b) {
+			return dns.ErrShortRead
+		}
+		off += 10 + int(binary.BigEndian.Uint16(b[off+8:]))
+	}
+	if off > len(b) {
+		return dns.ErrShortRead
+	}
+	var found []uint64
+	for range ar {
+		var rr dns.RR
+		if rr, off, err = dns.UnpackRR(b, off); err != nil {
+			return err
+		}
+		if opt, ok := rr.(*dns.OPT); ok {
+			for _, o := range opt.Option {
+				if l, ok := o.(*dns.EDNS0_LLQ); ok && l.Opcode == OpEvent {
+					found = append(found, l.Id)
+				}
+			}
+		}
+	}
+	// Only a message that parsed to its end counts.
+	for _, id := range found {
+		f(binary.BigEndian.Uint16(b), id)
+	}
+	return nil
+}
+
 // skipName returns the offset just past the (possibly compressed) name at off.
 func skipName(b []byte, off int) (int, error) {
 	for {

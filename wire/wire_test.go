@@ -3,6 +3,9 @@ package wire
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"net"
+	"slices"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -172,4 +175,95 @@ func TestCheckLengths(t *testing.T) {
 	if err := CheckLengths(lbl); err == nil {
 		t.Errorf("label type 0x40 accepted")
 	}
+}
+
+// ackMsg is an event acknowledgement as clients send it: the event's
+// question and ID, QR set, and one LLQ option per question.
+func ackMsg(id uint16, llqIDs ...uint64) *dns.Msg {
+	m := new(dns.Msg)
+	m.Id = id
+	m.Response = true
+	var opts []*dns.EDNS0_LLQ
+	for i, l := range llqIDs {
+		m.Question = append(m.Question, dns.Question{Name: fmt.Sprintf("n%d.example.org.", i), Qtype: dns.TypeA, Qclass: dns.ClassINET})
+		opts = append(opts, NewOption(OpEvent, NoError, l, 3600))
+	}
+	SetOptions(m, 1232, opts...)
+	return m
+}
+
+// unpackedAcks is what EventAcks must agree with: the acks miekg/dns finds
+// when it unpacks the whole message.
+func unpackedAcks(b []byte) (acks []string, ok bool) {
+	m := new(dns.Msg)
+	if m.Unpack(b) != nil {
+		return nil, false
+	}
+	if !m.Response || m.Opcode != dns.OpcodeQuery {
+		return nil, true
+	}
+	for _, o := range Options(m) {
+		if o.Opcode == OpEvent {
+			acks = append(acks, fmt.Sprintf("%d/%x", m.Id, o.Id))
+		}
+	}
+	return acks, true
+}
+
+func eventAcks(b []byte) (acks []string, err error) {
+	err = EventAcks(b, func(msgID uint16, llqID uint64) { acks = append(acks, fmt.Sprintf("%d/%x", msgID, llqID)) })
+	return acks, err
+}
+
+func TestEventAcks(t *testing.T) {
+	withAnswer := ackMsg(7, 0xfeed)
+	withAnswer.Answer = append(withAnswer.Answer, &dns.A{Hdr: dns.RR_Header{Name: "n0.example.org.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 1)})
+	query := ackMsg(9, 0xbeef)
+	query.Response = false
+	setup := ackMsg(10, 0xcafe)
+	setup.IsEdns0().Option[0].(*dns.EDNS0_LLQ).Opcode = OpSetup
+	for _, tc := range []struct {
+		name string
+		m    *dns.Msg
+		want []string
+	}{
+		{"one", ackMsg(1, 0x1122334455667788), []string{"1/1122334455667788"}},
+		{"two questions", ackMsg(2, 1, 2), []string{"2/1", "2/2"}},
+		{"answers echoed", withAnswer, []string{"7/feed"}},
+		{"not a response", query, nil},
+		{"not an event", setup, nil},
+	} {
+		b, err := tc.m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := eventAcks(b)
+		if err != nil || !slices.Equal(got, tc.want) {
+			t.Errorf("%s: acks %v, error %v; want %v", tc.name, got, err, tc.want)
+		}
+		if want, _ := unpackedAcks(b); !slices.Equal(got, want) {
+			t.Errorf("%s: %v, but a full unpack finds %v", tc.name, got, want)
+		}
+		// Cut short anywhere, a message yields no ack.
+		for n := range len(b) {
+			if got, _ := eventAcks(b[:n]); got != nil {
+				t.Fatalf("%s cut to %d bytes: acks %v", tc.name, n, got)
+			}
+		}
+	}
+}
+
+// FuzzEventAcks: on any input EventAcks does not panic, and whenever
+// miekg/dns unpacks the whole message it finds exactly the same acks.
+func FuzzEventAcks(f *testing.F) {
+	for _, m := range []*dns.Msg{ackMsg(1, 42), ackMsg(2, 1, 2, 3)} {
+		b, _ := m.Pack()
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, _ := eventAcks(b)
+		if want, ok := unpackedAcks(b); ok && !slices.Equal(got, want) {
+			t.Fatalf("EventAcks %v, full unpack %v", got, want)
+		}
+	})
 }
