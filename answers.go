@@ -3,50 +3,13 @@ package llq
 import (
 	"sort"
 
+	"github.com/llqdns/llq/wire"
 	"github.com/miekg/dns"
 )
 
-// answerSet is a topic's current answers keyed by record identity: the
-// record in wire form with its TTL zeroed and its owner name lower-cased, so
-// that a TTL-only change or a change of case is no change at all.
+// answerSet is a topic's current answers keyed by record identity
+// (wire.RecordKey): a TTL-only change or a change of case is no change.
 type answerSet map[string]dns.RR
-
-// recordKey returns the identity of rr. buf is scratch space that may be
-// reused between calls.
-func recordKey(rr dns.RR, buf []byte) (string, []byte) {
-	// Pack through a message, not with dns.PackRR: PackRR stores Rdlength
-	// in rr's header, and rr belongs to the backend (file hands out the
-	// records of its zone tree), whose readers on other goroutines would
-	// race with that write. Msg packing leaves the records alone.
-	n := 12 + dns.Len(rr) + 1
-	if cap(buf) < n {
-		buf = make([]byte, n)
-	}
-	m := dns.Msg{Answer: []dns.RR{rr}}
-	packed, err := m.PackBuffer(buf[:n])
-	if err != nil {
-		// Not packable means not sendable either; identify it by its text.
-		return rr.String(), buf
-	}
-	if cap(packed) > cap(buf) {
-		buf = packed
-	}
-	b := packed[12:] // past the message header: the record alone
-	i := 0
-	for i < len(b) && b[i] != 0 { // owner name, uncompressed: label lengths are < 'A'
-		l := int(b[i])
-		for j := i + 1; j <= i+l && j < len(b); j++ {
-			if c := b[j]; c >= 'A' && c <= 'Z' {
-				b[j] = c + 'a' - 'A'
-			}
-		}
-		i += l + 1
-	}
-	if ttl := i + 1 + 4; ttl+4 <= len(b) {
-		b[ttl], b[ttl+1], b[ttl+2], b[ttl+3] = 0, 0, 0, 0
-	}
-	return string(b), buf
-}
 
 // newAnswerSet builds a set from an answer section; duplicates collapse.
 func newAnswerSet(rrs []dns.RR) answerSet {
@@ -57,7 +20,7 @@ func newAnswerSet(rrs []dns.RR) answerSet {
 		if rr.Header().Rrtype == dns.TypeOPT {
 			continue
 		}
-		k, buf = recordKey(rr, buf)
+		k, buf = wire.RecordKey(rr, buf)
 		s[k] = rr
 	}
 	return s

@@ -4,12 +4,13 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/llqdns/llq/wire"
 	"github.com/miekg/dns"
 )
 
 func key(t *testing.T, s string) string {
 	t.Helper()
-	k, _ := recordKey(mustRR(t, s), nil)
+	k, _ := wire.RecordKey(mustRR(t, s), nil)
 	return k
 }
 
@@ -29,7 +30,7 @@ func TestRecordKey(t *testing.T) {
 		{"www.example.org. 300 IN AAAA ::1", "www.example.org. 300 IN A 0.0.0.1", false},
 	} {
 		if got := key(t, tc.a) == key(t, tc.b); got != tc.same {
-			t.Errorf("recordKey(%s) == recordKey(%s): %v, want %v", tc.a, tc.b, got, tc.same)
+			t.Errorf("RecordKey(%s) == RecordKey(%s): %v, want %v", tc.a, tc.b, got, tc.same)
 		}
 	}
 }
@@ -37,15 +38,15 @@ func TestRecordKey(t *testing.T) {
 func TestRecordKeyReusesBuffer(t *testing.T) {
 	a := mustRR(t, "www.example.org. 300 IN A 192.0.2.1")
 	b := mustRR(t, "WWW.example.org. 300 IN TXT \"a much longer record than the first one\"")
-	ka, buf := recordKey(a, nil)
-	kb, buf := recordKey(b, buf)
-	ka2, _ := recordKey(a, buf)
+	ka, buf := wire.RecordKey(a, nil)
+	kb, buf := wire.RecordKey(b, buf)
+	ka2, _ := wire.RecordKey(a, buf)
 	if ka != ka2 || ka == kb {
 		t.Fatalf("keys depend on the scratch buffer")
 	}
 	// The key does not alias the buffer, and the record is left alone.
 	if a.Header().Ttl != 300 || b.Header().Name != "WWW.example.org." {
-		t.Fatalf("recordKey modified its record: %v %v", a, b)
+		t.Fatalf("RecordKey modified its record: %v %v", a, b)
 	}
 }
 

@@ -24,7 +24,7 @@ import (
 // duplication and reordering.
 type event struct {
 	sub   *subscription
-	keys  []string // record identities, see recordKey
+	keys  []string // record identities, see wire.RecordKey
 	rrs   []dns.RR // the record for each key, as last known
 	tries int
 	retry timer // embedded, see firer; initialised by newEvent

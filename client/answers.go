@@ -75,13 +75,11 @@ func (s answerSet) list() []dns.RR {
 	return out
 }
 
-// rrKey identifies rr regardless of TTL and owner-name case.
+// rrKey identifies rr regardless of TTL and owner-name case, as the server
+// does.
 func rrKey(rr dns.RR) string {
-	c := dns.Copy(rr)
-	h := c.Header()
-	h.Ttl = 0
-	h.Name = dns.CanonicalName(h.Name)
-	return c.String()
+	k, _ := wire.RecordKey(rr, nil)
+	return k
 }
 
 // Diff compares two answer sets the way events do (ignoring TTL and

@@ -257,3 +257,43 @@ func skipName(b []byte, off int) (int, error) {
 		}
 	}
 }
+
+// RecordKey returns the identity of rr as LLQ answer sets see it: the record
+// in wire form with its TTL zeroed and its owner name lower-cased, so that a
+// TTL-only change or a change of case is no change at all. Server and client
+// both key their answer sets by it. buf is scratch space that may be reused
+// between calls.
+func RecordKey(rr dns.RR, buf []byte) (string, []byte) {
+	// Pack through a message, not with dns.PackRR: PackRR stores Rdlength
+	// in rr's header, and rr belongs to the backend (file hands out the
+	// records of its zone tree), whose readers on other goroutines would
+	// race with that write. Msg packing leaves the records alone.
+	n := 12 + dns.Len(rr) + 1
+	if cap(buf) < n {
+		buf = make([]byte, n)
+	}
+	m := dns.Msg{Answer: []dns.RR{rr}}
+	packed, err := m.PackBuffer(buf[:n])
+	if err != nil {
+		// Not packable means not sendable either; identify it by its text.
+		return rr.String(), buf
+	}
+	if cap(packed) > cap(buf) {
+		buf = packed
+	}
+	b := packed[12:] // past the message header: the record alone
+	i := 0
+	for i < len(b) && b[i] != 0 { // owner name, uncompressed: label lengths are < 'A'
+		l := int(b[i])
+		for j := i + 1; j <= i+l && j < len(b); j++ {
+			if c := b[j]; c >= 'A' && c <= 'Z' {
+				b[j] = c + 'a' - 'A'
+			}
+		}
+		i += l + 1
+	}
+	if ttl := i + 1 + 4; ttl+4 <= len(b) {
+		b[ttl], b[ttl+1], b[ttl+2], b[ttl+3] = 0, 0, 0, 0
+	}
+	return string(b), buf
+}
