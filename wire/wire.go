@@ -128,41 +128,65 @@ var ErrBadLength = errors.New("LLQ option length is not 18")
 // ErrBadLength when an LLQ option (code 1) in an OPT record is not exactly 18
 // bytes long. It only looks at lengths: b must already have unpacked cleanly.
 func CheckLengths(b []byte) error {
-	if len(b) < 12 {
-		return dns.ErrShortRead
+	off, ar, err := additional(b)
+	if err != nil {
+		return err
 	}
-	qd := int(binary.BigEndian.Uint16(b[4:]))
-	rrs := int(binary.BigEndian.Uint16(b[6:])) + int(binary.BigEndian.Uint16(b[8:]))
-	ar := int(binary.BigEndian.Uint16(b[10:]))
-	off := 12
-	var err error
-	for i := 0; i < qd; i++ {
-		if off, err = skipName(b, off); err != nil {
+	for range ar {
+		var typ uint16
+		var rdata []byte
+		if typ, rdata, off, err = skipRR(b, off); err != nil {
 			return err
 		}
-		off += 4
-	}
-	for i := 0; i < rrs+ar; i++ {
-		if off, err = skipName(b, off); err != nil {
-			return err
-		}
-		if off+10 > len(b) {
-			return dns.ErrShortRead
-		}
-		typ := binary.BigEndian.Uint16(b[off:])
-		rdlen := int(binary.BigEndian.Uint16(b[off+8:]))
-		off += 10
-		if off+rdlen > len(b) {
-			return dns.ErrShortRead
-		}
-		if i >= rrs && typ == dns.TypeOPT {
-			if err := checkOptionLengths(b[off : off+rdlen]); err != nil {
+		if typ == dns.TypeOPT {
+			if err := checkOptionLengths(rdata); err != nil {
 				return err
 			}
 		}
-		off += rdlen
 	}
 	return nil
+}
+
+// additional returns the offset of the additional section of the raw
+// message b and its record count, having checked that every question and
+// record before it fits in b.
+func additional(b []byte) (off, count int, err error) {
+	if len(b) < 12 {
+		return 0, 0, dns.ErrShortRead
+	}
+	qd := int(binary.BigEndian.Uint16(b[4:]))
+	rrs := int(binary.BigEndian.Uint16(b[6:])) + int(binary.BigEndian.Uint16(b[8:]))
+	off = 12
+	for range qd {
+		if off, err = skipName(b, off); err != nil {
+			return 0, 0, err
+		}
+		off += 4
+	}
+	for range rrs {
+		if _, _, off, err = skipRR(b, off); err != nil {
+			return 0, 0, err
+		}
+	}
+	return off, int(binary.BigEndian.Uint16(b[10:])), nil
+}
+
+// skipRR returns the type and data of the record at off and the offset just
+// past it.
+func skipRR(b []byte, off int) (typ uint16, rdata []byte, next int, err error) {
+	if off, err = skipName(b, off); err != nil {
+		return 0, nil, 0, err
+	}
+	if off+10 > len(b) {
+		return 0, nil, 0, dns.ErrShortRead
+	}
+	typ = binary.BigEndian.Uint16(b[off:])
+	rdlen := int(binary.BigEndian.Uint16(b[off+8:]))
+	off += 10
+	if off+rdlen > len(b) {
+		return 0, nil, 0, dns.ErrShortRead
+	}
+	return typ, b[off : off+rdlen], off + rdlen, nil
 }
 
 func checkOptionLengths(rdata []byte) error {
@@ -193,28 +217,9 @@ func EventAcks(b []byte, f func(msgID uint16, llqID uint64)) error {
 	if b[2]&0x80 == 0 || (b[2]>>3)&0xF != dns.OpcodeQuery {
 		return nil
 	}
-	qd := int(binary.BigEndian.Uint16(b[4:]))
-	rrs := int(binary.BigEndian.Uint16(b[6:])) + int(binary.BigEndian.Uint16(b[8:]))
-	ar := int(binary.BigEndian.Uint16(b[10:]))
-	off := 12
-	var err error
-	for range qd {
-		if off, err = skipName(b, off); err != nil {
-			return err
-		}
-		off += 4
-	}
-	for range rrs {
-		if off, err = skipName(b, off); err != nil {
-			return err
-		}
-		if off+10 > len(b) {
-			return dns.ErrShortRead
-		}
-		off += 10 + int(binary.BigEndian.Uint16(b[off+8:]))
-	}
-	if off > len(b) {
-		return dns.ErrShortRead
+	off, ar, err := additional(b)
+	if err != nil {
+		return err
 	}
 	var found []uint64
 	for range ar {
