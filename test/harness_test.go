@@ -26,6 +26,7 @@ import (
 	"github.com/llqdns/llq/wire"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	_ "github.com/llqdns/llq"
 )
@@ -446,11 +447,17 @@ func (r *raw) refresh(q dns.Question, id uint64, lease uint32) *dns.EDNS0_LLQ {
 // name/value pairs. Metrics are process-global: compare deltas.
 func metric(t *testing.T, name string, labels ...string) float64 {
 	t.Helper()
-	full := "coredns_llq_" + name
 	mfs, err := prometheus.DefaultGatherer.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return sumSeries(mfs, name, labels...)
+}
+
+// sumSeries sums, in mfs, every series of the llq metric name (without the
+// "coredns_llq_" prefix) whose labels include the given name/value pairs.
+func sumSeries(mfs []*dto.MetricFamily, name string, labels ...string) float64 {
+	full := "coredns_llq_" + name
 	sum := 0.0
 	for _, mf := range mfs {
 		if mf.GetName() != full {

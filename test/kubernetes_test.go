@@ -21,14 +21,12 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -231,66 +229,6 @@ func (cp *controlPlane) writeKubeconfig(t *testing.T, path, token string) {
 	if err := clientcmd.WriteToFile(*c, path); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// process is a child process whose output goes to a log file.
-type process struct {
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
-}
-
-func startProcess(t *testing.T, dir, bin string, args ...string) *process {
-	t.Helper()
-	name := filepath.Base(bin)
-	logPath := filepath.Join(dir, name+".log")
-	f, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	// Should the test binary die without cleaning up, the kernel kills the
-	// child rather than leaving it bound to its ports.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		t.Fatalf("starting %s: %v", name, err)
-	}
-	p := &process{cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() {
-		cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		// By PID, and only the process this test started.
-		cmd.Process.Kill()
-		select {
-		case <-p.done:
-		case <-time.After(10 * time.Second):
-			t.Errorf("%s (pid %d) did not exit after SIGKILL", name, cmd.Process.Pid)
-		}
-	})
-	return p
-}
-
-func (p *process) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// tail returns the end of the process's log, for failure messages.
-func (p *process) tail() string {
-	b, _ := os.ReadFile(p.log)
-	if len(b) > 4000 {
-		b = b[len(b)-4000:]
-	}
-	return fmt.Sprintf("--- %s (pid %d) ---\n%s", filepath.Base(p.log), p.cmd.Process.Pid, b)
 }
 
 // writeServingCert writes a self-signed certificate for 127.0.0.1 and

@@ -1,18 +1,17 @@
 package test
 
 import (
-	"bufio"
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -20,6 +19,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // CoreDNS as a separate OS process: the cmd/coredns binary (CoreDNS with
@@ -107,59 +108,37 @@ type corednsPorts struct {
 
 // corednsProcess is a running cmd/coredns process.
 type corednsProcess struct {
-	t       *testing.T
-	name    string
-	cmd     *exec.Cmd
-	out     *outputBuffer
-	done    chan struct{} // closed when the process has exited
-	waitErr error         // its exit status, once done is closed
-	ports   corednsPorts
-	dns     string         // ordinary DNS, host:port
-	llq     netip.AddrPort // the LLQ listener
-}
-
-// outputBuffer collects a process's stdout and stderr.
-type outputBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *outputBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *outputBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	*process
+	t     *testing.T
+	ports corednsPorts
+	dns   string         // ordinary DNS, host:port
+	llq   netip.AddrPort // the LLQ listener
 }
 
 // startCoreDNSProcess starts cmd/coredns with the Corefile corefile writes
 // for fresh loopback ports, and returns once both its ordinary DNS port and
-// its LLQ port answer. The process is killed when the test ends; its output
-// is logged if the test failed.
+// its LLQ port answer. The process is killed when the test ends; the end of
+// its output is logged if the test failed.
 func startCoreDNSProcess(t *testing.T, name string, corefile func(corednsPorts) string) *corednsProcess {
 	t.Helper()
 	bin := corednsBinary(t)
 	// A port that was free when chosen can be taken before CoreDNS binds it
 	// (tests of other packages run alongside); then try other ports.
 	for attempt := 1; ; attempt++ {
-		p, err := tryCoreDNSProcess(t, bin, name, corefile)
+		p, err := tryCoreDNSProcess(t, bin, corefile)
 		if err == nil {
 			return p
 		}
-		if attempt < 5 && strings.Contains(p.out.String(), "address already in use") {
+		if attempt < 5 && strings.Contains(p.tail(), "address already in use") {
 			t.Logf("%s: %v; trying other ports", name, err)
-			p.kill()
+			p.kill(t)
 			continue
 		}
 		t.Fatalf("%s: %v", name, err)
 	}
 }
 
-func tryCoreDNSProcess(t *testing.T, bin, name string, corefile func(corednsPorts) string) (*corednsProcess, error) {
+func tryCoreDNSProcess(t *testing.T, bin string, corefile func(corednsPorts) string) (*corednsProcess, error) {
 	t.Helper()
 	ports := corednsPorts{dns: freePort(t)}
 	for ports.llq = freePort(t); ports.llq == ports.dns; ports.llq = freePort(t) {
@@ -172,34 +151,17 @@ func tryCoreDNSProcess(t *testing.T, bin, name string, corefile func(corednsPort
 		t.Fatal(err)
 	}
 	p := &corednsProcess{
-		t:     t,
-		name:  name,
-		out:   new(outputBuffer),
-		done:  make(chan struct{}),
-		ports: ports,
-		dns:   fmt.Sprintf("127.0.0.1:%d", ports.dns),
-		llq:   netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ports.llq),
+		process: startProcess(t, dir, bin, "-conf", conf),
+		t:       t,
+		ports:   ports,
+		dns:     fmt.Sprintf("127.0.0.1:%d", ports.dns),
+		llq:     netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ports.llq),
 	}
-	p.cmd = exec.Command(bin, "-conf", conf)
-	p.cmd.Dir = dir
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	// Should the test binary die without cleaning up, the kernel kills the
-	// child rather than leaving it bound to its ports.
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", bin, err)
-	}
-	go func() {
-		p.waitErr = p.cmd.Wait()
-		close(p.done)
-	}()
-	// Cleanups run last-in first-out: the kill first, then the log.
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("--- %s (pid %d, %s) output ---\n%s", p.name, p.cmd.Process.Pid, bin, p.out.String())
+			t.Log(p.tail())
 		}
 	})
-	t.Cleanup(p.kill)
 
 	deadline := time.Now().Add(30 * time.Second)
 	for _, port := range []struct {
@@ -208,7 +170,7 @@ func tryCoreDNSProcess(t *testing.T, bin, name string, corefile func(corednsPort
 	}{{"DNS port", p.dns}, {"LLQ port", p.llq.String()}} {
 		for !answers(port.addr) {
 			if p.exited() {
-				return p, fmt.Errorf("exited before its %s answered: %v\n%s", port.what, p.waitErr, p.out.String())
+				return p, fmt.Errorf("exited before its %s answered: %v\n%s", port.what, p.err, p.tail())
 			}
 			if time.Now().After(deadline) {
 				return p, fmt.Errorf("its %s %s did not answer", port.what, port.addr)
@@ -229,29 +191,6 @@ func answers(addr string) bool {
 	return err == nil && r != nil
 }
 
-func (p *corednsProcess) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// kill sends SIGKILL, a crash: no shutdown code runs. It waits until the
-// process is gone.
-func (p *corednsProcess) kill() {
-	if p.exited() {
-		return
-	}
-	p.cmd.Process.Kill() // by PID, this test's own child
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		p.t.Errorf("%s (pid %d) did not exit after SIGKILL", p.name, p.cmd.Process.Pid)
-	}
-}
-
 // stop sends SIGTERM, a graceful stop, and returns the exit status. It
 // kills the process if it does not exit in time.
 func (p *corednsProcess) stop() error {
@@ -261,9 +200,9 @@ func (p *corednsProcess) stop() error {
 	}
 	select {
 	case <-p.done:
-		return p.waitErr
+		return p.err
 	case <-time.After(30 * time.Second):
-		p.kill()
+		p.kill(p.t)
 		return errors.New("did not exit within 30s of SIGTERM")
 	}
 }
@@ -282,43 +221,77 @@ func (p *corednsProcess) metric(name string, labels ...string) float64 {
 	if resp.StatusCode != http.StatusOK {
 		return -1
 	}
-	full := "coredns_llq_" + name
-	sum := 0.0
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, "#") {
-			continue
-		}
-		series, value, ok := strings.Cut(line, " ")
-		if !ok {
-			continue
-		}
-		metric, set, _ := strings.Cut(series, "{")
-		if metric != full {
-			continue
-		}
-		have := strings.Split(strings.TrimSuffix(set, "}"), ",")
-		matches := true
-		for i := 0; i+1 < len(labels); i += 2 {
-			found := false
-			for _, l := range have {
-				found = found || l == fmt.Sprintf("%s=%q", labels[i], labels[i+1])
-			}
-			matches = matches && found
-		}
-		if !matches {
-			continue
-		}
-		v, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
-		if err != nil {
-			return -1
-		}
-		sum += v
-	}
-	if sc.Err() != nil {
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
 		return -1
 	}
-	return sum
+	return sumSeries(slices.Collect(maps.Values(mfs)), name, labels...)
+}
+
+// process is a child process whose output goes to a log file.
+type process struct {
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{} // closed when the process has exited
+	err  error         // its exit status, once done is closed
+}
+
+func startProcess(t *testing.T, dir, bin string, args ...string) *process {
+	t.Helper()
+	name := filepath.Base(bin)
+	logPath := filepath.Join(dir, name+".log")
+	f, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	// Should the test binary die without cleaning up, the kernel kills the
+	// child rather than leaving it bound to its ports.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		t.Fatalf("starting %s: %v", name, err)
+	}
+	p := &process{cmd: cmd, log: logPath, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		f.Close()
+		close(p.done)
+	}()
+	t.Cleanup(func() { p.kill(t) })
+	return p
+}
+
+// kill sends SIGKILL, a crash: no shutdown code runs. It waits until the
+// process is gone.
+func (p *process) kill(t testing.TB) {
+	if p.exited() {
+		return
+	}
+	p.cmd.Process.Kill() // by PID, and only the process this test started
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		t.Errorf("%s (pid %d) did not exit after SIGKILL", filepath.Base(p.cmd.Path), p.cmd.Process.Pid)
+	}
+}
+
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// tail returns the end of the process's log, for failure messages.
+func (p *process) tail() string {
+	b, _ := os.ReadFile(p.log)
+	if len(b) > 4000 {
+		b = b[len(b)-4000:]
+	}
+	return fmt.Sprintf("--- %s (pid %d) ---\n%s", filepath.Base(p.log), p.cmd.Process.Pid, b)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -48,22 +49,9 @@ func resubscribe(ctx context.Context, servers []netip.AddrPort, q dns.Question) 
 // port explicit on 127.0.0.1, and the prometheus plugin, through which the
 // test learns that llq's etcd watch is up.
 func replicaCorefile(endpoint string, p corednsPorts) string {
-	return fmt.Sprintf(`example.org:%d {
-    bind 127.0.0.1
-    llq {
-        listen 127.0.0.1:%d
-        lease 2 60
-        retransmit 200ms 3
-        poll 1h
-    }
-    cache 30
-    etcd example.org {
-        endpoint %s
-        path /skydns
-    }
-    prometheus 127.0.0.1:%d
-}
-`, p.dns, p.llq, endpoint, p.metrics)
+	llq := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), p.llq)
+	return strings.Replace(etcdCorefile(endpoint, llq), "example.org:0 {\n",
+		fmt.Sprintf("example.org:%d {\n    prometheus 127.0.0.1:%d\n", p.dns, p.metrics), 1)
 }
 
 // replicaSub is a subscriber of the replicas test and where it is.
@@ -172,7 +160,7 @@ func TestReplicas(t *testing.T) {
 	}
 
 	// A crash: no shutdown code runs.
-	failover(0, replicas[0].kill, "192.0.2.3", "192.0.2.4")
+	failover(0, func() { replicas[0].kill(t) }, "192.0.2.3", "192.0.2.4")
 	// A graceful stop: replica 1 now holds its own subscriber's LLQ and the
 	// one that moved from replica 0.
 	failover(1, func() {
