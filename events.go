@@ -292,11 +292,7 @@ func (e *Engine) send(ds []delivery, kind string) {
 			sc.ms[i].Buffers = sc.bufs[i : i+1]
 			sc.ms[i].Addr = e.ln.udpAddr(&sc.addrs[i], &sc.ips[i], d.to)
 		}
-		k, err := e.ln.writeBatch(sc.ms[:n])
-		if err != nil {
-			log.Debugf("event batch: %v", err)
-		}
-		sent += k
+		sent += e.ln.writeBatch(sc.ms[:n])
 		ds = ds[n:]
 	}
 	clear(sc.bufs[:])

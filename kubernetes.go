@@ -120,14 +120,18 @@ func (w *kubeWatch) check() bool {
 	if changed {
 		return true
 	}
-	due := false
-	for _, at := range []*time.Time{&w.again, &w.follow} {
-		if !at.IsZero() && !now.Before(*at) {
-			*at = time.Time{}
-			due = true
-		}
+	again, follow := due(&w.again, now), due(&w.follow, now)
+	return again || follow
+}
+
+// due reports whether the look planned for *at has come, and if so clears
+// it.
+func due(at *time.Time, now time.Time) bool {
+	if at.IsZero() || now.Before(*at) {
+		return false
 	}
-	return due
+	*at = time.Time{}
+	return true
 }
 
 // kubeInformers returns the informers of the plugin's controller, found by

@@ -99,7 +99,7 @@ type batchConn interface {
 
 // writeBatch sends ms and returns how many went out. On Linux a batch is one
 // sendmmsg; elsewhere x/net falls back to one write each.
-func (l *listener) writeBatch(ms []ipv4.Message) (int, error) {
+func (l *listener) writeBatch(ms []ipv4.Message) int {
 	sent := 0
 	for sent < len(ms) {
 		n, err := l.batch.WriteBatch(ms[sent:], 0)
@@ -113,7 +113,7 @@ func (l *listener) writeBatch(ms []ipv4.Message) (int, error) {
 		}
 		sent += n
 	}
-	return sent, nil
+	return sent
 }
 
 // udpAddr fills a and its IP storage ip with the socket address for to.
