@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -264,6 +265,147 @@ func FuzzEventAcks(f *testing.F) {
 		got, _ := eventAcks(b)
 		if want, ok := unpackedAcks(b); ok && !slices.Equal(got, want) {
 			t.Fatalf("EventAcks %v, full unpack %v", got, want)
+		}
+	})
+}
+
+// scanned is what Scan reports of a raw message, as text.
+func scanned(b []byte) (answers, opts []string, err error) {
+	err = Scan(b,
+		func(typ uint16, ttl uint32, rdata []byte) {
+			answers = append(answers, fmt.Sprintf("%d %d %x", typ, ttl, rdata))
+		},
+		func(o dns.EDNS0_LLQ) { opts = append(opts, o.String()) })
+	return answers, opts, err
+}
+
+// unpackedScan is what Scan must agree with: the answers and the LLQ options
+// of every OPT record that miekg/dns finds when it unpacks the whole message.
+// Record data is compared for A records, the one type whose data miekg/dns
+// keeps as the wire has it.
+func unpackedScan(b []byte) (answers, opts []string, ok bool) {
+	m := new(dns.Msg)
+	if m.Unpack(b) != nil {
+		return nil, nil, false
+	}
+	for _, rr := range m.Answer {
+		h := rr.Header()
+		answers = append(answers, fmt.Sprintf("%d %d", h.Rrtype, h.Ttl))
+	}
+	for _, rr := range m.Extra {
+		if opt, isOPT := rr.(*dns.OPT); isOPT {
+			for _, o := range opt.Option {
+				if l, isLLQ := o.(*dns.EDNS0_LLQ); isLLQ {
+					opts = append(opts, l.String())
+				}
+			}
+		}
+	}
+	return answers, opts, true
+}
+
+// sameScan compares Scan's answers with a full unpack's, which lack the data
+// of any but A records.
+func sameScan(t *testing.T, b []byte, got, want []string) {
+	t.Helper()
+	m := new(dns.Msg)
+	m.Unpack(b)
+	if len(got) != len(want) {
+		t.Fatalf("Scan answers %v, full unpack %v", got, want)
+	}
+	for i := range got {
+		if !strings.HasPrefix(got[i], want[i]+" ") {
+			t.Fatalf("Scan answer %d %q, full unpack %q", i, got[i], want[i])
+		}
+		if a, ok := m.Answer[i].(*dns.A); ok && len(a.A.To4()) == 4 && !strings.HasSuffix(got[i], fmt.Sprintf(" %x", []byte(a.A.To4()))) {
+			t.Fatalf("Scan answer %d %q, full unpack %s", i, got[i], a)
+		}
+	}
+}
+
+func TestScan(t *testing.T) {
+	event := ackMsg(7, 0xfeed)
+	event.Answer = []dns.RR{
+		&dns.A{Hdr: dns.RR_Header{Name: "n0.example.org.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 1)},
+		&dns.A{Hdr: dns.RR_Header{Name: "n0.example.org.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: RemoveTTL}, A: net.IPv4(192, 0, 2, 2)},
+		&dns.TXT{Hdr: dns.RR_Header{Name: "n0.example.org.", Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 5}, Txt: []string{"x"}},
+	}
+	event.Compress = true
+	b, err := event.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	answers, opts, err := scanned(b)
+	want := []string{"1 60 c0000201", fmt.Sprintf("1 %d c0000202", RemoveTTL), "16 5 0178"}
+	if err != nil || !slices.Equal(answers, want) {
+		t.Fatalf("answers %v, error %v; want %v", answers, err, want)
+	}
+	if wantOpt := NewOption(OpEvent, NoError, 0xfeed, 3600).String(); !slices.Equal(opts, []string{wantOpt}) {
+		t.Fatalf("options %v, want %s", opts, wantOpt)
+	}
+	// Cut short anywhere, a message reads as miekg/dns reads it, and never
+	// with its option, which ends it.
+	for n := range len(b) {
+		answers, opts, err := scanned(b[:n])
+		if opts != nil {
+			t.Fatalf("cut to %d bytes: options %v", n, opts)
+		}
+		if want, _, ok := unpackedScan(b[:n]); ok {
+			if err != nil {
+				t.Fatalf("cut to %d bytes: %v, but a full unpack succeeds", n, err)
+			}
+			sameScan(t, b[:n], answers, want)
+		}
+	}
+	// An LLQ option longer than 18 bytes reads as miekg/dns reads it; a
+	// shorter one, or a stray byte after the options, is an error.
+	// The LLQ option is the message's last 22 bytes, after the OPT
+	// record's RDLENGTH.
+	for _, tc := range []struct {
+		name string
+		edit func([]byte) []byte
+		ok   bool
+	}{
+		{"long", func(o []byte) []byte { o[3] += 2; return append(o, 0, 0) }, true},
+		{"short", func(o []byte) []byte { o[3] -= 2; return o[:len(o)-2] }, false},
+		{"stray byte", func(o []byte) []byte { return append(o, 0) }, false},
+	} {
+		cut := len(b) - 4 - OptionLen
+		option := tc.edit(append([]byte(nil), b[cut:]...))
+		edited := append(append([]byte(nil), b[:cut]...), option...)
+		binary.BigEndian.PutUint16(edited[cut-2:], uint16(len(option)))
+		_, opts, err := scanned(edited)
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: options %v, error %v", tc.name, opts, err)
+		}
+		if _, want, ok := unpackedScan(edited); ok != tc.ok || (ok && !slices.Equal(opts, want)) {
+			t.Errorf("%s: Scan %v, full unpack %v (ok %v)", tc.name, opts, want, ok)
+		}
+	}
+}
+
+// FuzzScan: on any input Scan does not panic, and whenever miekg/dns
+// unpacks the whole message Scan parses it too and finds the same answers
+// and LLQ options.
+func FuzzScan(f *testing.F) {
+	event := ackMsg(3, 42)
+	event.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: "n0.example.org.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: RemoveTTL}, A: net.IPv4(192, 0, 2, 1)}}
+	for _, m := range []*dns.Msg{ackMsg(1, 42), ackMsg(2, 1, 2, 3), event} {
+		b, _ := m.Pack()
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		answers, opts, err := scanned(b)
+		wantAnswers, wantOpts, ok := unpackedScan(b)
+		if !ok {
+			return
+		}
+		if err != nil {
+			t.Fatalf("Scan: %v, but a full unpack succeeds", err)
+		}
+		sameScan(t, b, answers, wantAnswers)
+		if !slices.Equal(opts, wantOpts) {
+			t.Fatalf("Scan options %v, full unpack %v", opts, wantOpts)
 		}
 	})
 }
