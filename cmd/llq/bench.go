@@ -42,11 +42,15 @@ start and then toggles "NAME A 198.51.100.1" on name 0 every -change-every,
 bumping the serial (skipping a tick while the last change has not yet
 reached every LLQ on name 0, so that fan-outs do not overlap); with -dns it
 polls the ordinary port to learn when the backend shows each change, and
-reports event latency from there. The largest fan-out is timed from the
-first to the last LLQ the change reached; with -baseline, a bare Go sender
-then sends one packet to every endpoint, timed the same way, and then again
-with every packet answered by its endpoint with an ack-sized datagram to a
-bare Go receiver, as LLQ events are acked.
+reports event latency from there. The largest fan-out of the hold is timed
+from the first to the last LLQ the change reached.
+
+-baseline then runs -rounds rounds, each timing three things back to back
+the same way, first to last arrival: one more change to name 0 fanned out
+to its LLQs (with -zone); a bare Go sender sending one packet to every
+endpoint; and the same again with every packet answered by its endpoint
+with an ack-sized datagram to a bare Go receiver, as LLQ events are acked.
+It reports each round and the median of the rounds' ratios.
 
 Flags:
 `
@@ -71,6 +75,7 @@ type benchArgs struct {
 	pid         int
 	report      time.Duration
 	baseline    bool
+	roundCount  int
 	poll        time.Duration
 	cpuProfile  string
 	share       bool
@@ -117,7 +122,8 @@ func parseBench(args []string, stderr io.Writer) (*benchArgs, error) {
 	fs.DurationVar(&b.report, "report", time.Second, "progress report interval")
 	fs.StringVar(&b.cpuProfile, "cpuprofile", "", "write the bench's own CPU profile to this file")
 	fs.DurationVar(&b.poll, "poll", 0, "instead of LLQs, poll the names with ordinary queries to -dns at this interval (the alternative LLQ replaces)")
-	fs.BoolVar(&b.baseline, "baseline", false, "after the hold, time a bare Go UDP sender sending one packet to every endpoint")
+	fs.BoolVar(&b.baseline, "baseline", false, "after the hold, time a bare Go UDP sender sending one packet to every endpoint, in rounds (see above)")
+	fs.IntVar(&b.roundCount, "rounds", 5, "rounds of -baseline")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return nil, err
@@ -203,26 +209,24 @@ type benchStats struct {
 	baseline                                       int
 	received                                       atomic.Int64
 	holdPackets                                    int64
-	baselineSpan                                   time.Duration
 	baseFirst, baseLast                            time.Time
 	endpoints, conns                               int
 	shared                                         bool
 	fanWant                                        int   // LLQs live on name 0 at the end of the hold
-	dropsHold, dropsBaseline, dropsAcked           int64 // client receive-queue drops counted by the kernel
+	holdChanges                                    int   // changes made during the hold
+	dropsHold, dropsRounds                         int64 // client receive-queue drops counted by the kernel
 	dropsOK                                        bool
 	serverDrops                                    int64 // at the server's socket during set-up and hold
 	serverDropsOK                                  bool
 	benchHoldCPU                                   time.Duration
 
-	// The baseline with acks: packets that reached the endpoints, first and
-	// last, and the acks they sent back to the sink.
+	rounds []round
+
+	// The baseline with acks under way: packets that reached the endpoints,
+	// first and last, and the acks they sent back to the sink.
 	acked                int
 	ackedFirst, ackedEnd time.Time
-	ackedSpan, ackedLast time.Duration // the last relative to ackedFirst
 	ackedSent            atomic.Int64
-	ackedReceived        int64
-	sinkDrops            int64
-	sinkDropsOK          bool
 	sink                 atomic.Pointer[ackSink] // where endpoints answer, during that baseline
 }
 
@@ -261,6 +265,8 @@ type benchSocket struct {
 type changeLog struct {
 	mu      sync.Mutex
 	changes []change
+	serial  uint32 // of the zone as last written by change
+	added   bool   // whether name 0 has 198.51.100.1 since then
 }
 
 // arrived files an event that carried the bench's record under the latest
@@ -393,32 +399,20 @@ func (b *benchArgs) run(ctx context.Context, out io.Writer) error {
 	st.benchHoldCPU = self2 - self1
 	stopReport()
 	st.fanWant = liveOn(socks, 0)
+	cl.mu.Lock()
+	st.holdChanges = len(cl.changes)
+	cl.mu.Unlock()
 	drops0, err0 := connDrops(conns)
 	if b.baseline {
-		// The tail of the last fan-out would share the CPU with the baseline.
-		settle(st.received.Load, 500*time.Millisecond, 30*time.Second)
-		if err := blast(socks, baselinePacket); err != nil {
+		if err := b.rounds(ctx, st, cl, socks); err != nil {
 			return err
 		}
-		time.Sleep(time.Second) // let the last packets arrive
-		st.mu.Lock()
-		st.baselineSpan = st.baseLast.Sub(st.baseFirst)
-		st.mu.Unlock()
 	}
 	drops1, err1 := connDrops(conns)
-	sdrops1, sok1 := serverDrops(b.server) // the baselines do not reach the server
-	drops2, err2 := drops1, err1
-	if b.baseline {
-		// Stragglers of the plain baseline would share the CPU with this one.
-		settle(func() int64 { return st.received.Load() + st.baselineCount() }, 500*time.Millisecond, 30*time.Second)
-		if err := b.ackedBaseline(st, socks); err != nil {
-			return err
-		}
-		drops2, err2 = connDrops(conns)
-	}
+	sdrops1, sok1 := serverDrops(b.server)
 	st.serverDrops, st.serverDropsOK = sdrops1-sdrops0, sok0 && sok1
-	st.dropsHold, st.dropsBaseline, st.dropsAcked = drops0, drops1-drops0, drops2-drops1
-	st.dropsOK = err0 == nil && err1 == nil && err2 == nil
+	st.dropsHold, st.dropsRounds = drops0, drops1-drops0
+	st.dropsOK = err0 == nil && err1 == nil
 
 	termStart := time.Now()
 	terminateAll(socks, b.retry)
@@ -843,8 +837,6 @@ func zoneOf(name string) string {
 func (b *benchArgs) changeLoop(ctx context.Context, cl *changeLog, subscribers int) {
 	tick := time.NewTicker(b.changeEvery)
 	defer tick.Stop()
-	var serial uint32 = 1
-	add := true
 	for {
 		select {
 		case <-ctx.Done():
@@ -854,25 +846,38 @@ func (b *benchArgs) changeLoop(ctx context.Context, cl *changeLog, subscribers i
 		if cl.fanningOut(subscribers, 10*b.changeEvery) {
 			continue
 		}
-		if err := b.writeZone(serial, add); err != nil {
+		if _, err := b.change(ctx, cl); err != nil {
 			return
 		}
-		cl.mu.Lock()
-		cl.changes = append(cl.changes, change{add: add, written: time.Now()})
-		i := len(cl.changes) - 1
-		cl.mu.Unlock()
-		if b.dnsAddr != "" {
-			go func(add bool) {
-				if at, ok := b.waitVisible(ctx, add, b.changeEvery); ok {
-					cl.mu.Lock()
-					cl.changes[i].visible = at
-					cl.mu.Unlock()
-				}
-			}(add)
-		}
-		serial++
-		add = !add
 	}
+}
+
+// change toggles 198.51.100.1 on name 0 and files the change; it returns
+// its index in cl.changes. With -dns it learns in the background when the
+// ordinary port shows it.
+func (b *benchArgs) change(ctx context.Context, cl *changeLog) (int, error) {
+	cl.mu.Lock()
+	cl.serial++
+	serial, add := cl.serial, !cl.added
+	cl.added = add
+	cl.mu.Unlock()
+	if err := b.writeZone(serial, add); err != nil {
+		return 0, err
+	}
+	cl.mu.Lock()
+	cl.changes = append(cl.changes, change{add: add, written: time.Now()})
+	i := len(cl.changes) - 1
+	cl.mu.Unlock()
+	if b.dnsAddr != "" {
+		go func() {
+			if at, ok := b.waitVisible(ctx, add, max(b.changeEvery, time.Second)); ok {
+				cl.mu.Lock()
+				cl.changes[i].visible = at
+				cl.mu.Unlock()
+			}
+		}()
+	}
+	return i, nil
 }
 
 // waitVisible polls name 0 on the ordinary port until it exists and its
@@ -967,8 +972,8 @@ func (b *benchArgs) summary(out io.Writer, st *benchStats, cl *changeLog, setup,
 	}
 	cl.mu.Lock()
 	var fan change
-	for _, ch := range cl.changes {
-		if len(ch.arrivals) > len(fan.arrivals) {
+	for i, ch := range cl.changes {
+		if i < st.holdChanges && len(ch.arrivals) > len(fan.arrivals) {
 			fan = ch
 		}
 		for _, at := range ch.arrivals {
@@ -985,41 +990,21 @@ func (b *benchArgs) summary(out io.Writer, st *benchStats, cl *changeLog, setup,
 		sort.Slice(fan.arrivals, func(i, j int) bool { return fan.arrivals[i].Before(fan.arrivals[j]) })
 		span := fan.arrivals[n-1].Sub(fan.arrivals[0])
 		fanRate = float64(n) / span.Seconds()
-		row("largest fan-out: events for one change, first to last arrival", "%d of %d subscribers in %s = %.0f events/s", n, st.fanWant, span.Round(time.Millisecond), fanRate)
+		row("largest fan-out during the hold: events for one change, first to last arrival", "%d of %d subscribers in %s = %.0f events/s", n, st.fanWant, span.Round(time.Millisecond), fanRate)
 		if fan.dups > 0 {
 			row("repeats of that change to a subscriber already told (retransmissions)", "%d", fan.dups)
 		}
 	}
-	var baseRate, ackedRate float64
-	if st.baseline > 1 {
-		baseRate = float64(st.baseline) / st.baselineSpan.Seconds()
-		row("baseline: a bare Go UDP sender to the same endpoints", "%d in %s = %.0f packets/s (%d sent)", st.baseline, st.baselineSpan.Round(time.Millisecond), baseRate, st.endpoints)
-	}
-	if st.acked > 1 {
-		ackedRate = float64(st.acked) / st.ackedSpan.Seconds()
-		sink := ""
-		if st.sinkDropsOK {
-			sink = fmt.Sprintf(", %d dropped by the receiver's kernel", st.sinkDrops)
-		}
-		row("baseline with acks: bare Go sender, every packet answered to a bare Go receiver", "%d in %s = %.0f packets/s (%d sent; acks received: %d of %d, the last %s after the first packet arrived%s)",
-			st.acked, st.ackedSpan.Round(time.Millisecond), ackedRate, st.endpoints, st.ackedReceived, st.ackedSent.Load(), st.ackedLast.Round(time.Millisecond), sink)
-	}
-	if fanRate > 0 && baseRate > 0 {
-		if ackedRate > 0 {
-			row("fan-out events/s over baseline / over baseline with acks", "%.2f / %.2f", fanRate/baseRate, fanRate/ackedRate)
-		} else {
-			row("fan-out events/s over baseline", "%.2f", fanRate/baseRate)
-		}
-	}
+	roundRows(row, st.rounds, st.endpoints)
 	if st.dropsOK {
 		if b.baseline {
-			row("client receive-queue drops (kernel): set-up and hold / baseline / baseline with acks", "%d / %d / %d", st.dropsHold, st.dropsBaseline, st.dropsAcked)
+			row("client receive-queue drops (kernel): set-up and hold / rounds", "%d / %d", st.dropsHold, st.dropsRounds)
 		} else {
 			row("client receive-queue drops (kernel)", "%d", st.dropsHold)
 		}
 	}
 	if st.serverDropsOK && b.poll == 0 {
-		row("server receive-queue drops (kernel) during set-up and hold", "%d", st.serverDrops)
+		row("server receive-queue drops (kernel) during set-up, hold and rounds", "%d", st.serverDrops)
 	}
 	if n := st.stray.Load(); n > 0 {
 		row("packets to no endpoint of a shared socket", "%d", n)
@@ -1214,8 +1199,8 @@ func (k *ackSink) run() {
 	}
 }
 
-// ackedBaseline runs the baseline with acks and files its figures in st.
-func (b *benchArgs) ackedBaseline(st *benchStats, socks []*benchSocket) error {
+// ackedBaseline runs the baseline with acks once and files its figures in r.
+func (b *benchArgs) ackedBaseline(st *benchStats, socks []*benchSocket, r *round) error {
 	k, err := newAckSink(blastLocal(socks))
 	if err != nil {
 		return err
@@ -1228,6 +1213,10 @@ func (b *benchArgs) ackedBaseline(st *benchStats, socks []*benchSocket) error {
 		}
 		s.baseAck = packAck(q, 1)
 	}
+	st.mu.Lock()
+	st.acked, st.ackedFirst, st.ackedEnd = 0, time.Time{}, time.Time{}
+	st.mu.Unlock()
+	st.ackedSent.Store(0)
 	st.sink.Store(k)
 	err = blast(socks, ackedPacket)
 	if err == nil {
@@ -1240,12 +1229,12 @@ func (b *benchArgs) ackedBaseline(st *benchStats, socks []*benchSocket) error {
 	<-k.done
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	st.ackedSpan = st.ackedEnd.Sub(st.ackedFirst)
+	r.acked = rate{st.acked, st.ackedEnd.Sub(st.ackedFirst)}
 	if !k.last.IsZero() && st.acked > 0 {
-		st.ackedLast = k.last.Sub(st.ackedFirst)
+		r.ackedLast = k.last.Sub(st.ackedFirst)
 	}
-	st.ackedReceived = k.n.Load()
-	st.sinkDrops, st.sinkDropsOK = drops, derr == nil && found == 1
+	r.ackedSent, r.ackedReceived = st.ackedSent.Load(), k.n.Load()
+	r.sinkDrops, r.sinkDropsOK = drops, derr == nil && found == 1
 	return err
 }
 
