@@ -3,21 +3,29 @@ package main
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"sort"
 	"strings"
 	"time"
 )
 
-// A round of -baseline times, back to back, three ways of getting one
+// A round of -baseline times, back to back, the ways of getting one
 // datagram to every endpoint: a change to name 0 fanned out by the server
 // as LLQ events (with -zone), the bare Go sender, and the bare Go sender
 // with every packet acked. This machine is a shared VM whose speed drifts
-// by a fifth from one second to the next; timing the three close together,
+// by a fifth from one second to the next; timing them close together,
 // several times, and taking the median of each round's ratio measures the
 // server rather than the drift.
+//
+// The bare sender sends in a random order, as the server does (it finds
+// the subscribers of a question in a map): endpoints in order would send
+// the datagrams of one shared socket back to back, and their reader would
+// take them in one wake-up and one read, a saving the server cannot have.
+// The round also times the sender in endpoint order, for comparison.
 type round struct {
 	fan, base, acked   rate
+	inOrder            rate
 	ackedSent          int64
 	ackedReceived      int64
 	ackedLast          time.Duration // of the last ack, after the first packet
@@ -51,12 +59,18 @@ func (b *benchArgs) rounds(ctx context.Context, st *benchStats, cl *changeLog, s
 			r.fanWanted = st.fanWant
 		}
 		settle(st.received.Load, 500*time.Millisecond, 30*time.Second)
+		shuffled := slices.Clone(socks)
+		rand.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
 		var err error
-		if r.base, err = b.plainBaseline(st, socks); err != nil {
+		if r.base, err = b.plainBaseline(st, shuffled); err != nil {
 			return err
 		}
 		settle(func() int64 { return st.received.Load() + st.baselineCount() }, 500*time.Millisecond, 30*time.Second)
-		if err := b.ackedBaseline(st, socks, &r); err != nil {
+		if err := b.ackedBaseline(st, shuffled, &r); err != nil {
+			return err
+		}
+		settle(func() int64 { return st.received.Load() + st.ackedCount() }, 500*time.Millisecond, 30*time.Second)
+		if r.inOrder, err = b.plainBaseline(st, socks); err != nil {
 			return err
 		}
 		st.rounds = append(st.rounds, r)
@@ -94,7 +108,8 @@ func (b *benchArgs) fanOut(ctx context.Context, cl *changeLog, want int) (rate, 
 	return rate{len(arrivals), last.Sub(first)}, dups
 }
 
-// plainBaseline times the bare Go sender once.
+// plainBaseline times the bare Go sender once, sending to the endpoints in
+// the order given.
 func (b *benchArgs) plainBaseline(st *benchStats, socks []*benchSocket) (rate, error) {
 	st.mu.Lock()
 	st.baseline, st.baseFirst, st.baseLast = 0, time.Time{}, time.Time{}
@@ -127,7 +142,7 @@ func roundRows(row func(k, f string, a ...any), rounds []round, endpoints int) {
 	if len(rounds) == 0 {
 		return
 	}
-	var fans, bases, ackeds, overBase, overAcked []float64
+	var fans, bases, ackeds, inOrder, overBase, overAcked []float64
 	for k, r := range rounds {
 		fan, base, acked := r.fan.perSecond(), r.base.perSecond(), r.acked.perSecond()
 		cells := []string{}
@@ -146,6 +161,8 @@ func roundRows(row func(k, f string, a ...any), rounds []round, endpoints int) {
 		}
 		cells = append(cells, ack+")")
 		ackeds = append(ackeds, acked)
+		cells = append(cells, fmt.Sprintf("bare sender in endpoint order %d in %s = %.0f packets/s", r.inOrder.n, r.inOrder.span.Round(time.Millisecond), r.inOrder.perSecond()))
+		inOrder = append(inOrder, r.inOrder.perSecond())
 		if fan > 0 && base > 0 && acked > 0 {
 			overBase, overAcked = append(overBase, fan/base), append(overAcked, fan/acked)
 			cells = append(cells, fmt.Sprintf("ratios %.2f / %.2f", fan/base, fan/acked))
@@ -155,7 +172,7 @@ func roundRows(row func(k, f string, a ...any), rounds []round, endpoints int) {
 	if len(fans) > 0 {
 		row("fan-out: events for one change, first to last arrival, median of the rounds", "%.0f events/s", median(fans))
 	}
-	row("baseline: a bare Go UDP sender to the same endpoints, median of the rounds", "%.0f packets/s", median(bases))
+	row("baseline: a bare Go UDP sender to the same endpoints in a random order, median of the rounds", "%.0f packets/s (in endpoint order: %.0f)", median(bases), median(inOrder))
 	row("baseline with acks: bare Go sender, every packet answered to a bare Go receiver, median of the rounds", "%.0f packets/s", median(ackeds))
 	if len(overBase) > 0 {
 		row("fan-out events/s over baseline / over baseline with acks: median of the rounds' ratios (lowest, highest)", "**%.2f** (%.2f, %.2f) / %.2f (%.2f, %.2f)",

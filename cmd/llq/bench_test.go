@@ -144,7 +144,7 @@ func TestBenchEndpoints(t *testing.T) {
 				fmt.Sprintf("| round 1 | bare sender %d of %d in", n, n),
 				fmt.Sprintf("| round 2 | bare sender %d of %d in", n, n),
 				fmt.Sprintf("packets/s (acks received: %d of %d, the last", n, n),
-				"| baseline: a bare Go UDP sender to the same endpoints, median of the rounds |",
+				"| baseline: a bare Go UDP sender to the same endpoints in a random order, median of the rounds |",
 				fmt.Sprintf("| terminated | %d in", n),
 			} {
 				if !strings.Contains(out.String(), want) {
