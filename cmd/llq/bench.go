@@ -185,6 +185,10 @@ type benchLLQ struct {
 	// (the last four bytes) are patched. Touched only by the reader of the
 	// LLQ's socket.
 	ack []byte
+	// told holds, for removals [0] and additions [1], one more than the
+	// index of the last change of that kind counted as having reached this
+	// LLQ. The changeLog's mutex guards it.
+	told [2]int
 }
 
 const (
@@ -236,7 +240,6 @@ type change struct {
 	add              bool
 	written, visible time.Time
 	arrivals         []time.Time // the first event that carried it to each LLQ
-	seen             map[*benchLLQ]bool
 	dups             int       // events that carried it again to an LLQ: retransmissions
 	latest           time.Time // of the arrivals
 }
@@ -278,14 +281,19 @@ func (c *changeLog) arrived(add bool, at time.Time, l *benchLLQ) {
 	defer c.mu.Unlock()
 	for i := len(c.changes) - 1; i >= 0; i-- {
 		if ch := &c.changes[i]; ch.add == add && !ch.written.After(at) {
-			if ch.seen[l] {
+			// An event is filed under the latest change of its kind written
+			// before it arrived, so for each LLQ and kind the index only
+			// grows: a change reached l already if and only if it is the
+			// last one counted.
+			kind := 0
+			if add {
+				kind = 1
+			}
+			if l.told[kind] == i+1 {
 				ch.dups++
 				return
 			}
-			if ch.seen == nil {
-				ch.seen = map[*benchLLQ]bool{}
-			}
-			ch.seen[l] = true
+			l.told[kind] = i + 1
 			ch.arrivals = append(ch.arrivals, at)
 			if at.After(ch.latest) {
 				ch.latest = at
