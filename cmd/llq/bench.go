@@ -240,8 +240,8 @@ type change struct {
 	add              bool
 	written, visible time.Time
 	arrivals         []time.Time // the first event that carried it to each LLQ
-	dups             int       // events that carried it again to an LLQ: retransmissions
-	latest           time.Time // of the arrivals
+	dups             int         // events that carried it again to an LLQ: retransmissions
+	latest           time.Time   // of the arrivals
 }
 
 // benchSocket is one client endpoint, an address and port the server takes
