@@ -51,7 +51,9 @@ type Options struct {
 	RetryInterval time.Duration
 
 	// RefreshAt is the fraction of the granted lease after which the client
-	// refreshes on its own; default 0.8 as RFC 8764 suggests.
+	// refreshes on its own; default 0.8 as RFC 8764 suggests. A lease too
+	// short for two rounds of retransmissions after that point is
+	// refreshed earlier, but not before half of it.
 	RefreshAt float64
 
 	// EventBuffer is the capacity of each subscription's Events channel.

@@ -177,12 +177,12 @@ func (s *Subscription) autoRefresh() {
 	}
 	// Silence is no verdict while the lease lasts: on a lossy path all
 	// three transmissions of one refresh can be lost, and the LLQ still
-	// stands on the server. Try again as long as another full round of
-	// retransmissions fits in what is left of the lease.
+	// stands on the server. Try again while the lease has not run out; a
+	// request that comes too late draws NO-SUCH-LLQ, which ends it.
 	var nr *NoReplyError
 	s.mu.Lock()
 	left := time.Until(s.expires)
-	if errors.As(err, &nr) && s.state == live && left > nr.Waited {
+	if errors.As(err, &nr) && s.state == live && left > 0 {
 		s.timer.Reset(0)
 		s.mu.Unlock()
 		return
@@ -191,8 +191,18 @@ func (s *Subscription) autoRefresh() {
 	s.end(fmt.Errorf("llq: refresh of LLQ %#x failed, subscription lost: %w", s.id, err))
 }
 
+// refreshIn is when to refresh a lease just granted: after RefreshAt of it,
+// or earlier for a short lease, so that a refresh whose every transmission
+// is lost leaves time to start another round at least one retry interval
+// before the lease ends. At RefreshAt 0.8 a lease under forty intervals
+// (80 s at the default 2 s) would otherwise get a single round, and at 5 %
+// loss each way one round in a thousand is lost whole. It never refreshes
+// before half the lease, where Apple's client refreshes.
 func (s *Subscription) refreshIn(lease time.Duration) time.Duration {
-	return time.Duration(float64(lease) * s.c.opts.RefreshAt)
+	r := s.c.opts.RetryInterval
+	round := time.Duration(1<<maxAttempts-1) * r // waits of r, 2r, 4r
+	at := time.Duration(float64(lease) * s.c.opts.RefreshAt)
+	return min(at, max(lease-round-r, lease/2))
 }
 
 // Close terminates the LLQ: it stops the subscription locally (Events is

@@ -85,6 +85,59 @@ func TestAutoRefreshNoReply(t *testing.T) {
 	}
 }
 
+func TestRefreshIn(t *testing.T) {
+	for _, tc := range []struct {
+		lease, retry time.Duration
+		refreshAt    float64
+		want         time.Duration
+	}{
+		{2 * time.Hour, 2 * time.Second, 0.8, 96 * time.Minute}, // long: RefreshAt
+		{100 * time.Second, 2 * time.Second, 0.8, 80 * time.Second},
+		{60 * time.Second, 2 * time.Second, 0.8, 44 * time.Second}, // a second round starts at 58 s
+		{30 * time.Second, 2 * time.Second, 0.8, 15 * time.Second}, // never before half
+		{time.Hour, 2 * time.Second, 0.05, 3 * time.Minute},        // an earlier RefreshAt stays
+	} {
+		c := &Client{opts: Options{RetryInterval: tc.retry, RefreshAt: tc.refreshAt}}
+		s := &Subscription{c: c}
+		if got := s.refreshIn(tc.lease); got != tc.want {
+			t.Errorf("lease %s, retry %s, RefreshAt %.2f: refresh after %s, want %s", tc.lease, tc.retry, tc.refreshAt, got, tc.want)
+		}
+	}
+}
+
+// TestAutoRefreshSecondRound: a refresh whose whole first round of
+// transmissions is lost is tried again before the lease ends, and the LLQ
+// survives. Lease 5 s and retry 300 ms: the refresh starts at 2.6 s, its
+// first round ends at 4.7 s, and the second round's first request goes out
+// then, 300 ms before the lease ends.
+func TestAutoRefreshSecondRound(t *testing.T) {
+	p := newPeer(t)
+	c := dial(t, p, Options{RetryInterval: 300 * time.Millisecond})
+	s := establish(t, p, c, testQ, 55, 5)
+	first := p.recv()
+	wantLLQ(t, onlyLLQ(t, first.m), wire.OpRefresh, 0, 55, 7200)
+	for range maxAttempts - 1 { // the round's retransmissions: lost too
+		if pk := p.recvRaw(); string(pk.raw) != string(first.raw) {
+			t.Fatalf("expected a retransmission of the refresh, got:\n%s", pk.m)
+		}
+	}
+	second := p.recv() // a new round: a new DNS ID
+	wantLLQ(t, onlyLLQ(t, second.m), wire.OpRefresh, 0, 55, 7200)
+	p.reply(second, llqReply(second.m, wire.OpRefresh, 0, 55, 5))
+	left := func() time.Duration {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return time.Until(s.expires)
+	}
+	deadline := time.Now().Add(waitFor)
+	for left() < 4*time.Second { // renewed: 5 s from the reply
+		if s.Err() != nil || time.Now().After(deadline) {
+			t.Fatalf("refresh in the second round did not take: %s left, error %v", left(), s.Err())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func TestRefreshGrantedZero(t *testing.T) {
 	p := newPeer(t)
 	c := dial(t, p, Options{})
