@@ -151,6 +151,9 @@ func parseBench(args []string, stderr io.Writer) (*benchArgs, error) {
 	if b.sockets <= 0 || b.llqs <= 0 || b.addrs <= 0 || b.window <= 0 {
 		return nil, errors.New("-llqs, -sockets, -addrs and -window must be positive")
 	}
+	if b.baseline && b.roundCount <= 0 {
+		return nil, errors.New("-baseline needs -rounds of at least 1")
+	}
 	if b.sockets > b.llqs {
 		b.sockets = b.llqs
 	}

@@ -202,3 +202,19 @@ func TestFanningOut(t *testing.T) {
 		t.Errorf("%d arrivals and %d repeats, want 3 and 1", len(ch.arrivals), ch.dups)
 	}
 }
+
+func TestBenchFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"@127.0.0.1:5352", "-llqs", "0"}, "must be positive"},
+		{[]string{"@127.0.0.1:5352", "-baseline", "-rounds", "0"}, "-baseline needs -rounds"},
+		{[]string{"@127.0.0.1:5352", "-poll", "1s"}, "-poll needs -dns and -hold"},
+	} {
+		var out, errOut strings.Builder
+		if code := runBench(context.Background(), tc.args, &out, &errOut); code != exitUsage || !strings.Contains(errOut.String(), tc.want) {
+			t.Errorf("%v: exit %d, %q; want usage error %q", tc.args, code, errOut.String(), tc.want)
+		}
+	}
+}
