@@ -330,7 +330,7 @@ func benchTopic(b *testing.B, env *testEnv, n int) *topic {
 // benchChange changes t's answers: the first record goes, a new one with
 // address 198.51.100.k comes. It returns the arguments publish takes for
 // that change.
-func benchChange(b *testing.B, env *testEnv, t *topic, k int) (added, removed []string, old answerSet) {
+func benchChange(b testing.TB, env *testEnv, t *topic, k int) (added, removed []string, old answerSet) {
 	env.e.mu.Lock()
 	defer env.e.mu.Unlock()
 	old = t.answers

@@ -27,7 +27,7 @@ type event struct {
 	keys  []string // record identities, see wire.RecordKey
 	rrs   []dns.RR // the record for each key, as last known
 	tries int
-	retry timer // embedded, see firer; initialised by events.next
+	retry timer // embedded, see firer; initialised by newEvent
 	// answered is set when an ack has settled the event. Its timer is not
 	// taken out of the heap then (an O(log n) removal on every ack, in the
 	// middle of a fan-out): it fires later and finds nothing to do.
@@ -179,18 +179,8 @@ func backoff(d time.Duration, n int) time.Duration {
 	return d
 }
 
-// eventBlock hands out the events of one change from a single allocation:
-// one object for the garbage collector to track instead of one per
-// subscriber. The block lives as long as any of its events, which each LLQ
-// keeps until its next event anyway.
-type eventBlock []event
-
-func (b *eventBlock) next(s *subscription, st statement) *event {
-	if len(*b) == cap(*b) {
-		*b = make([]event, 0, max(cap(*b), 1))
-	}
-	*b = append(*b, event{sub: s, keys: st.keys, rrs: st.rrs})
-	ev := &(*b)[len(*b)-1]
+func newEvent(s *subscription, st statement) *event {
+	ev := &event{sub: s, keys: st.keys, rrs: st.rrs}
 	ev.retry.init(ev)
 	return ev
 }
@@ -219,7 +209,6 @@ func (e *Engine) publish(t *topic, added, removed []string, old answerSet, now t
 	out := make([]delivery, 0, len(t.subs))
 	round := &retryRound{e: e, events: make([]*event, 0, len(t.subs))}
 	round.timer.init(round)
-	events := make(eventBlock, 0, len(t.subs))
 	for _, s := range t.subs {
 		chunks, ok := bySize[s.udpSize]
 		if !ok {
@@ -234,7 +223,7 @@ func (e *Engine) publish(t *topic, added, removed []string, old answerSet, now t
 			bySize[s.udpSize] = chunks
 		}
 		for _, c := range chunks {
-			ev := events.next(s, c.st)
+			ev := newEvent(s, c.st)
 			id := e.track(ev, c.st.adds, now, false)
 			round.events = append(round.events, ev)
 			out = append(out, delivery{to: s.client, msgID: id, llqID: s.id, lease: s.remaining(now), packet: c.packet})
