@@ -44,9 +44,9 @@ func runSoak(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			v, err := scrape(metrics, "coredns_llq_subscriptions")
 			return int(v["coredns_llq_subscriptions"]), err
 		}
-		cfg.Sample = func() (int64, int, error) {
-			v, err := scrape(metrics, "process_resident_memory_bytes", "go_goroutines")
-			return int64(v["process_resident_memory_bytes"]), int(v["go_goroutines"]), err
+		cfg.Sample = func() (int64, int64, int, error) {
+			v, err := scrape(metrics, "process_resident_memory_bytes", "go_memstats_heap_inuse_bytes", "go_goroutines")
+			return int64(v["process_resident_memory_bytes"]), int64(v["go_memstats_heap_inuse_bytes"]), int(v["go_goroutines"]), err
 		}
 	}
 	rep, err := soak.Run(ctx, cfg)
