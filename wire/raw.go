@@ -48,14 +48,27 @@ func CheckLengths(b []byte) error {
 }
 
 func checkOptionLengths(rdata []byte) error {
-	for len(rdata) >= 4 {
-		code := binary.BigEndian.Uint16(rdata)
-		n := int(binary.BigEndian.Uint16(rdata[2:]))
-		if code == dns.EDNS0LLQ && n != OptionLen {
+	return options(rdata, func(code uint16, data []byte) error {
+		if code == dns.EDNS0LLQ && len(data) != OptionLen {
 			return ErrBadLength
 		}
+		return nil
+	})
+}
+
+// options calls f with the code and data of every option in the data of an
+// OPT record, and fails, as miekg/dns does, on one that overruns it.
+func options(rdata []byte, f func(code uint16, data []byte) error) error {
+	for len(rdata) > 0 {
+		if len(rdata) < 4 {
+			return errOption
+		}
+		n := int(binary.BigEndian.Uint16(rdata[2:]))
 		if 4+n > len(rdata) {
-			return dns.ErrShortRead
+			return errOption
+		}
+		if err := f(binary.BigEndian.Uint16(rdata), rdata[4:4+n]); err != nil {
+			return err
 		}
 		rdata = rdata[4+n:]
 	}
@@ -103,34 +116,25 @@ func Scan(b []byte, answer func(typ uint16, ttl uint32, rdata []byte), llq func(
 
 // llqOptions calls f for every LLQ option in the data of an OPT record.
 func llqOptions(rdata []byte, f func(o dns.EDNS0_LLQ)) error {
-	for len(rdata) > 0 {
-		if len(rdata) < 4 {
-			return errOption
+	return options(rdata, func(code uint16, o []byte) error {
+		if code != dns.EDNS0LLQ {
+			return nil
 		}
-		code := binary.BigEndian.Uint16(rdata)
-		n := int(binary.BigEndian.Uint16(rdata[2:]))
-		if 4+n > len(rdata) {
-			return errOption
+		if len(o) < OptionLen {
+			return dns.ErrBuf
 		}
-		if code == dns.EDNS0LLQ {
-			o := rdata[4 : 4+n]
-			if n < OptionLen {
-				return dns.ErrBuf
-			}
-			if f != nil {
-				f(dns.EDNS0_LLQ{
-					Code:      dns.EDNS0LLQ,
-					Version:   binary.BigEndian.Uint16(o),
-					Opcode:    binary.BigEndian.Uint16(o[2:]),
-					Error:     binary.BigEndian.Uint16(o[4:]),
-					Id:        binary.BigEndian.Uint64(o[6:]),
-					LeaseLife: binary.BigEndian.Uint32(o[14:]),
-				})
-			}
+		if f != nil {
+			f(dns.EDNS0_LLQ{
+				Code:      dns.EDNS0LLQ,
+				Version:   binary.BigEndian.Uint16(o),
+				Opcode:    binary.BigEndian.Uint16(o[2:]),
+				Error:     binary.BigEndian.Uint16(o[4:]),
+				Id:        binary.BigEndian.Uint64(o[6:]),
+				LeaseLife: binary.BigEndian.Uint32(o[14:]),
+			})
 		}
-		rdata = rdata[4+n:]
-	}
-	return nil
+		return nil
+	})
 }
 
 // EventAcks calls f with the message ID of the raw DNS response b and the

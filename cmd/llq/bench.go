@@ -652,8 +652,12 @@ func (s *benchSocket) reply(m *dns.Msg, o *dns.EDNS0_LLQ, now time.Time) {
 	}
 }
 
-// benchMark is the data of the record the bench adds and removes.
-var benchMark = string([]byte{198, 51, 100, 1})
+// benchAddr is the address of the record the bench adds to name 0 and
+// removes; benchMark is its A record's data.
+var (
+	benchAddr = netip.AddrFrom4([4]byte{198, 51, 100, 1})
+	benchMark = string(benchAddr.AsSlice())
+)
 
 // event handles b if it is an event packet: it acknowledges it and, when the
 // bench made the change, records when it arrived. It reads the packet in
@@ -824,7 +828,7 @@ func (b *benchArgs) writeZone(serial uint32, extra bool) error {
 		fmt.Fprintf(&sb, "%s IN A 192.0.2.%d\n", dns.Fqdn(fmt.Sprintf(b.name, i)), i%250+1)
 	}
 	if extra {
-		fmt.Fprintf(&sb, "%s IN A 198.51.100.1\n", dns.Fqdn(fmt.Sprintf(b.name, 0)))
+		fmt.Fprintf(&sb, "%s IN A %s\n", dns.Fqdn(fmt.Sprintf(b.name, 0)), benchAddr)
 	}
 	tmp := b.zone + ".tmp"
 	if err := os.WriteFile(tmp, []byte(sb.String()), 0o644); err != nil {
@@ -903,7 +907,7 @@ func (b *benchArgs) waitVisible(ctx context.Context, add bool, limit time.Durati
 		if err == nil {
 			has := false
 			for _, rr := range r.Answer {
-				if a, ok := rr.(*dns.A); ok && a.A.Equal(net.IPv4(198, 51, 100, 1)) {
+				if a, ok := rr.(*dns.A); ok && string(a.A.To4()) == benchMark {
 					has = true
 				}
 			}
@@ -1320,7 +1324,7 @@ func (s *benchSocket) pollReply(b []byte, now time.Time) {
 	l := s.llqs[m.Id]
 	has := false
 	for _, rr := range m.Answer {
-		if a, ok := rr.(*dns.A); ok && a.A.Equal(net.IPv4(198, 51, 100, 1)) {
+		if a, ok := rr.(*dns.A); ok && string(a.A.To4()) == benchMark {
 			has = true
 		}
 	}
