@@ -1,0 +1,251 @@
+package dso
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/miekg/dns"
+)
+
+// TestTsharkDecodes writes a session of DSO messages built by this package
+// into a pcap file as TCP segments on port 53 and has Wireshark's DSO
+// dissector, a decoder we did not write, read them back.
+func TestTsharkDecodes(t *testing.T) {
+	tshark, err := exec.LookPath("tshark")
+	if err != nil {
+		t.Skip("tshark is not installed (Debian package tshark; .ci/run installs it): DSO bytes not checked by Wireshark's dissector")
+	}
+	type want struct {
+		id, rcode           int
+		response            bool
+		types               []uint16
+		lens                []int
+		inactivity, keepint string
+		retry               string
+		data                []byte // DSO-DATA of the primary TLV
+	}
+	var b Builder
+	var frames [][]byte
+	var wants []want
+	record := func(fromClient bool, w want) {
+		m := b.Message()
+		parsed, err := Parse(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for it := parsed.TLVs(); ; {
+			tlv, ok := it.Next()
+			if !ok {
+				break
+			}
+			w.types = append(w.types, tlv.Type)
+			w.lens = append(w.lens, len(tlv.Data))
+			if w.data == nil {
+				w.data = tlv.Data
+			}
+		}
+		w.data = append([]byte(nil), w.data...)
+		frames = append(frames, append([]byte{boolByte(fromClient)}, b.Frame()...))
+		wants = append(wants, w)
+	}
+	b.Start(1, false, 0)
+	b.Keepalive(Keepalive{15000, 3600000})
+	record(true, want{id: 1, inactivity: "15000", keepint: "3600000"})
+	b.Start(1, true, 0)
+	b.Keepalive(Keepalive{Infinite, 3600000})
+	b.Padding(4)
+	record(false, want{id: 1, response: true, inactivity: "4294967295", keepint: "3600000"})
+	b.Start(2, false, 0)
+	if err := b.Subscribe(dns.Question{Name: "_ipp._tcp.example.org.", Qtype: dns.TypePTR, Qclass: dns.ClassINET}); err != nil {
+		t.Fatal(err)
+	}
+	record(true, want{id: 2})
+	b.Start(2, true, 0)
+	record(false, want{id: 2, response: true})
+	pushOf(t, &b, append(rrs(t,
+		"_ipp._tcp.example.org. 120 IN PTR a._ipp._tcp.example.org.",
+		"a._ipp._tcp.example.org. 120 IN SRV 0 0 631 host.example.org.",
+		"host.example.org. 4294967295 IN A 192.0.2.1"),
+		CollectiveRemove("old.example.org.", dns.TypeANY, dns.ClassINET)))
+	record(false, want{id: 0})
+	b.Start(0, false, 0)
+	b.Unsubscribe(2)
+	record(true, want{id: 0})
+	b.Start(3, true, RcodeDSOTypeNI)
+	record(false, want{id: 3, response: true, rcode: RcodeDSOTypeNI})
+	b.Start(0, false, dns.RcodeServerFailure)
+	b.RetryDelay(60000)
+	record(false, want{id: 0, rcode: dns.RcodeServerFailure, retry: "60000"})
+
+	pcap := filepath.Join(t.TempDir(), "dso.pcap")
+	if err := os.WriteFile(pcap, tcpPcap(frames), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fields := []string{"dns.id", "dns.flags.opcode", "dns.flags.response", "dns.flags.rcode",
+		"dns.dso.tlv.type", "dns.dso.tlv.length", "dns.dso.tlv.data",
+		"dns.dso.tlv.keepalive.inactivity", "dns.dso.tlv.keepalive.interval", "dns.dso.tlv.retrydelay.retrydelay", "_ws.malformed"}
+	args := []string{"-r", pcap, "-n", "-Y", "dns", "-T", "fields", "-E", "separator=|", "-E", "occurrence=a", "-E", "aggregator=,"}
+	for _, f := range fields {
+		args = append(args, "-e", f)
+	}
+	out, err := exec.Command(tshark, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("tshark: %v\n%s", err, out)
+	}
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if !strings.HasPrefix(l, "Running as user") && l != "" {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) != len(wants) {
+		t.Fatalf("tshark decoded %d packets, want %d:\n%s", len(lines), len(wants), out)
+	}
+	for i, w := range wants {
+		f := strings.Split(lines[i], "|")
+		check := func(field, got, want string) {
+			t.Helper()
+			if got != want {
+				t.Errorf("message %d: %s = %q, want %q (line %q)", i, field, got, want, lines[i])
+			}
+		}
+		check("dns.id", f[0], hexID(w.id))
+		check("dns.flags.opcode", f[1], "6")
+		check("dns.flags.response", f[2], map[bool]string{true: "1", false: "0"}[w.response])
+		rcode := "" // the dissector shows RCODE in responses only
+		if w.response {
+			rcode = itoa(w.rcode)
+		}
+		check("dns.flags.rcode", f[3], rcode)
+		var types, lens []string
+		for j := range w.types {
+			types = append(types, itoa(int(w.types[j])))
+			lens = append(lens, itoa(w.lens[j]))
+		}
+		check("dns.dso.tlv.type", f[4], strings.Join(types, ","))
+		check("dns.dso.tlv.length", f[5], strings.Join(lens, ","))
+		if len(w.types) > 0 && w.types[0] >= TypeSubscribe {
+			// The dissector shows the DNS Push TLVs' data as bytes.
+			check("dns.dso.tlv.data", strings.ReplaceAll(strings.Split(f[6], ",")[0], ":", ""), hex.EncodeToString(w.data))
+		}
+		check("keepalive inactivity", f[7], w.inactivity)
+		check("keepalive interval", f[8], w.keepint)
+		check("retry delay", f[9], w.retry)
+		// Wireshark 4.0's dissector throws on a DSO message with no TLV,
+		// which RFC 8490 section 5.4.4 allows for a response (the SUBSCRIBE
+		// response has none): only there is "malformed" its fault.
+		if len(w.types) > 0 {
+			check("_ws.malformed", f[10], "")
+		}
+	}
+}
+
+func hexID(id int) string { return "0x" + hex.EncodeToString([]byte{byte(id >> 8), byte(id)}) }
+
+func itoa(n int) string {
+	if n == 0 {
+		return "0"
+	}
+	var b []byte
+	for ; n > 0; n /= 10 {
+		b = append([]byte{byte('0' + n%10)}, b...)
+	}
+	return string(b)
+}
+
+func boolByte(b bool) byte {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// tcpPcap returns a pcap file (link type RAW, IPv4) holding one TCP
+// connection between 127.0.0.1:40000 and 127.0.0.2:53: a handshake, then
+// each frame (first byte 1 when the client sends it, then the bytes) as one
+// segment with correct sequence numbers and checksums.
+func tcpPcap(frames [][]byte) []byte {
+	var out bytes.Buffer
+	hdr := make([]byte, 24)
+	binary.LittleEndian.PutUint32(hdr, 0xa1b2c3d4)
+	binary.LittleEndian.PutUint16(hdr[4:], 2)
+	binary.LittleEndian.PutUint16(hdr[6:], 4)
+	binary.LittleEndian.PutUint32(hdr[16:], 65535)
+	binary.LittleEndian.PutUint32(hdr[20:], 101) // LINKTYPE_RAW
+	out.Write(hdr)
+	client, server := [4]byte{127, 0, 0, 1}, [4]byte{127, 0, 0, 2}
+	cseq, sseq := uint32(1000), uint32(5000)
+	n := 0
+	packet := func(fromClient bool, flags byte, payload []byte) {
+		src, dst, sport, dport, seq, ack := client, server, uint16(40000), uint16(53), cseq, sseq
+		if !fromClient {
+			src, dst, sport, dport, seq, ack = server, client, 53, 40000, sseq, cseq
+		}
+		if flags&0x10 == 0 {
+			ack = 0
+		}
+		tcp := make([]byte, 20, 20+len(payload))
+		binary.BigEndian.PutUint16(tcp, sport)
+		binary.BigEndian.PutUint16(tcp[2:], dport)
+		binary.BigEndian.PutUint32(tcp[4:], seq)
+		binary.BigEndian.PutUint32(tcp[8:], ack)
+		tcp[12] = 5 << 4
+		tcp[13] = flags
+		binary.BigEndian.PutUint16(tcp[14:], 65535)
+		tcp = append(tcp, payload...)
+		pseudo := append(append(append([]byte{}, src[:]...), dst[:]...), 0, 6, byte(len(tcp)>>8), byte(len(tcp)))
+		binary.BigEndian.PutUint16(tcp[16:], checksum(append(pseudo, tcp...)))
+		ip := make([]byte, 20, 20+len(tcp))
+		ip[0] = 0x45
+		binary.BigEndian.PutUint16(ip[2:], uint16(20+len(tcp)))
+		ip[8], ip[9] = 64, 6
+		copy(ip[12:], src[:])
+		copy(ip[16:], dst[:])
+		binary.BigEndian.PutUint16(ip[10:], checksum(ip))
+		ip = append(ip, tcp...)
+		rec := make([]byte, 16)
+		n++
+		binary.LittleEndian.PutUint32(rec, uint32(1700000000+n))
+		binary.LittleEndian.PutUint32(rec[8:], uint32(len(ip)))
+		binary.LittleEndian.PutUint32(rec[12:], uint32(len(ip)))
+		out.Write(rec)
+		out.Write(ip)
+		adv := uint32(len(payload))
+		if flags&0x02 != 0 { // SYN takes a sequence number
+			adv = 1
+		}
+		if fromClient {
+			cseq += adv
+		} else {
+			sseq += adv
+		}
+	}
+	const syn, ack, psh = 0x02, 0x10, 0x08
+	packet(true, syn, nil)
+	packet(false, syn|ack, nil)
+	packet(true, ack, nil)
+	for _, f := range frames {
+		packet(f[0] == 1, psh|ack, f[1:])
+	}
+	return out.Bytes()
+}
+
+func checksum(b []byte) uint16 {
+	var sum uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		sum += uint32(b[len(b)-1]) << 8
+	}
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	return ^uint16(sum)
+}
