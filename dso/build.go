@@ -29,6 +29,7 @@ type Builder struct {
 	n    int    // records in the open TLV
 	comp map[string]int
 	wrap privateHeader
+	bare dns.RR_Header // a collective remove, packed without RDATA
 }
 
 // NewBuilder returns a Builder that writes into buf's storage.
@@ -210,6 +211,12 @@ func (b *Builder) forget(mark int) {
 // pack packs rr at the end of the buffer with miekg/dns and returns the end
 // offset in b.buf; it does not extend b.buf.
 func (b *Builder) pack(rr dns.RR, compress bool) (int, error) {
+	if compress && rr.Header().Ttl == RemoveCollectiveTTL {
+		// A collective remove has no RDATA whatever its type: miekg/dns
+		// would pack the empty fields of an MX, say, as bytes.
+		b.bare = *rr.Header()
+		rr = &b.bare
+	}
 	b.wrap.RR, b.wrap.hdr = rr, *rr.Header()
 	defer func() { b.wrap.RR = nil }()
 	var comp map[string]int

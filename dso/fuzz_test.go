@@ -186,6 +186,9 @@ func checkTLV(t *testing.T, m Message, tlv TLV) {
 		}
 		b.StartPush()
 		for _, rr := range in {
+			if !miekgRoundTrips(rr) {
+				return // miekg/dns unpacks some short RDATA it cannot pack back
+			}
 			if b.AddRecord(rr) != nil {
 				return
 			}
@@ -201,11 +204,28 @@ func checkTLV(t *testing.T, m Message, tlv TLV) {
 		}
 		for i := range in {
 			hi, ho := in[i].Header(), out[i].Header()
-			if !sameName(hi.Name, ho.Name) || hi.Rrtype != ho.Rrtype || hi.Class != ho.Class || hi.Ttl != ho.Ttl || hi.Rdlength != ho.Rdlength {
+			// RDLENGTH is not compared: miekg/dns unpacks some short RDATA
+			// leniently and packs it again in full.
+			if !sameName(hi.Name, ho.Name) || hi.Rrtype != ho.Rrtype || hi.Class != ho.Class || hi.Ttl != ho.Ttl || in[i].String() != out[i].String() {
 				t.Fatalf("record %d: %v came back %v", i, in[i], out[i])
+			}
+			if OpOf(in[i]) == OpRemoveCollective && ho.Rdlength != 0 {
+				t.Fatalf("record %d: collective remove came back with RDATA", i)
 			}
 		}
 	}
+}
+
+// miekgRoundTrips reports whether miekg/dns itself packs rr into a message
+// that unpacks to the same record.
+func miekgRoundTrips(rr dns.RR) bool {
+	m := dns.Msg{Answer: []dns.RR{rr}}
+	b, err := m.Pack()
+	if err != nil {
+		return false
+	}
+	var back dns.Msg
+	return back.Unpack(b) == nil && len(back.Answer) == 1 && back.Answer[0].String() == rr.String()
 }
 
 func primary(t *testing.T, b *Builder) TLV {

@@ -346,3 +346,19 @@ func TestReadMessage(t *testing.T) {
 		t.Errorf("empty frame: % x, %v", got, err)
 	}
 }
+
+// A collective remove goes out without RDATA whatever record carries it:
+// miekg/dns packs the empty fields of most types as bytes.
+func TestCollectiveRemoveHasNoRdata(t *testing.T) {
+	for _, rr := range []dns.RR{
+		&dns.MX{Hdr: dns.RR_Header{Name: "a.example.", Rrtype: dns.TypeMX, Class: dns.ClassINET, Ttl: RemoveCollectiveTTL}},
+		&dns.SRV{Hdr: dns.RR_Header{Name: "a.example.", Rrtype: dns.TypeSRV, Class: dns.ClassINET, Ttl: RemoveCollectiveTTL}},
+		&dns.SOA{Hdr: dns.RR_Header{Name: "a.example.", Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: RemoveCollectiveTTL}},
+	} {
+		var b Builder
+		out, err := parsePush(t, pushOf(t, &b, []dns.RR{rr}))
+		if err != nil || len(out) != 1 || out[0].Header().Rdlength != 0 || OpOf(out[0]) != OpRemoveCollective {
+			t.Errorf("%T: %v %v", rr, out, err)
+		}
+	}
+}
