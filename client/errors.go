@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/llqdns/llq/dso"
 	"github.com/llqdns/llq/wire"
 	"github.com/miekg/dns"
 )
@@ -140,3 +141,70 @@ func checkReply(r *dns.Msg, op uint16) (*dns.EDNS0_LLQ, error) {
 	}
 	return llq, nil
 }
+
+// ErrSessionLost wraps the error of a DSO session that ended without the
+// client closing it: the server closed the connection, or it broke.
+var ErrSessionLost = errors.New("llq: DSO session lost")
+
+// ErrIdle ends a DSO session the client closed because it had no
+// subscription left for the server's inactivity timeout (RFC 8490 section
+// 6.2).
+var ErrIdle = errors.New("llq: DSO session closed after its inactivity timeout")
+
+// PushError is a DSO response with an error RCODE: to a SUBSCRIBE (the
+// subscription is refused, the session stays) or to the Keepalive request
+// that establishes a session (the server does not do DSO).
+type PushError struct {
+	Op    string        // "SUBSCRIBE" or "Keepalive"
+	Rcode int           // the response's RCODE
+	Retry time.Duration // from a Retry Delay TLV in the response, else 0
+}
+
+func (e *PushError) Error() string {
+	s := "llq: server answered " + e.Op + " with " + rcodeName(e.Rcode)
+	if e.Retry > 0 {
+		s += " (retry after " + e.Retry.String() + ")"
+	}
+	return s
+}
+
+// NoDSO reports a server that does not do DSO on this connection (RFC
+// 8490 section 5.1: any rcode but NOERROR and DSOTYPENI to the first
+// request) or does not do DNS Push (DSOTYPENI to SUBSCRIBE).
+func (e *PushError) NoDSO() bool {
+	return e.Rcode != dns.RcodeSuccess && (e.Op != "SUBSCRIBE" || e.Rcode == dso.RcodeDSOTypeNI || e.Rcode == dns.RcodeNotImplemented)
+}
+
+// RetryAfter is how long to wait before asking again: the response's Retry
+// Delay, else RFC 8765 section 6.2.2's recommendation for the rcode.
+func (e *PushError) RetryAfter() time.Duration {
+	if e.Retry > 0 {
+		return e.Retry
+	}
+	switch e.Rcode {
+	case dns.RcodeServerFailure:
+		return time.Minute
+	case dns.RcodeNotImplemented, dso.RcodeDSOTypeNI:
+		return time.Hour
+	}
+	return 5 * time.Minute
+}
+
+// RetryDelayError ends a session the server closed with a Retry Delay
+// (RFC 8490 section 7.2): come back to it no sooner than Delay, or never.
+type RetryDelayError struct {
+	Server netip.AddrPort
+	Rcode  int           // the reason: NOERROR shutdown, SERVFAIL overload, REFUSED, NOTAUTH...
+	Delay  time.Duration // how long to stay away
+	Never  bool          // the delay was 0xFFFFFFFF: do not come back
+}
+
+func (e *RetryDelayError) Error() string {
+	if e.Never {
+		return fmt.Sprintf("llq: %s closed the DSO session (%s) and asked never to come back", e.Server, rcodeName(e.Rcode))
+	}
+	return fmt.Sprintf("llq: %s closed the DSO session (%s), retry after %s", e.Server, rcodeName(e.Rcode), e.Delay)
+}
+
+// Unwrap lets errors.Is(err, ErrSessionLost) hold for a Retry Delay too.
+func (e *RetryDelayError) Unwrap() error { return ErrSessionLost }
