@@ -12,7 +12,6 @@ import (
 
 var pushQ = dns.Question{Name: "_ipp._tcp.example.org.", Qtype: dns.TypePTR, Qclass: dns.ClassINET}
 
-
 func rrStrings(rrs []dns.RR) string {
 	var s []string
 	for _, r := range rrs {
