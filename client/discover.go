@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/llqdns/llq/dso"
 	"github.com/llqdns/llq/wire"
 	"github.com/miekg/dns"
 )
@@ -21,18 +22,41 @@ import (
 // and then an AAAA query. resolver is the "host:port" of an ordinary
 // recursive DNS server.
 func Discover(ctx context.Context, resolver, name string) (server netip.AddrPort, zone string, err error) {
-	name = dns.Fqdn(name)
-	if zone, err = findZone(ctx, resolver, name); err != nil {
+	if zone, err = findZone(ctx, resolver, dns.Fqdn(name)); err != nil {
 		return server, "", err
 	}
+	server, _, err = discoverService(ctx, resolver, zone, wire.ServiceLabel, "LLQ")
+	return server, zone, err
+}
 
-	service := wire.ServiceLabel + zone
+// DiscoverPush finds the DNS Push server for name (RFC 8765 section 6.1):
+// the zone by SOA queries as Discover finds it, then SRV
+// _dns-push-tls._tcp.<zone> and the target's address. target is the SRV
+// target, the name to expect in the server's certificate. An error wrapping
+// ErrNoService means the zone advertises no push server.
+func DiscoverPush(ctx context.Context, resolver, name string) (server netip.AddrPort, target, zone string, err error) {
+	if zone, err = findZone(ctx, resolver, dns.Fqdn(name)); err != nil {
+		return server, "", "", err
+	}
+	server, target, err = discoverService(ctx, resolver, zone, dso.ServiceLabel, "DNS Push")
+	return server, target, zone, err
+}
+
+// ErrNoService reports a zone without SRV records for the service asked.
+var ErrNoService = errors.New("llq: no such service in the zone")
+
+// discoverService finds the server of the service whose SRV owner is label
+// prepended to zone: SRV records lowest priority first, among equals the
+// heaviest (one client has no load to spread), the first whose target has
+// an address.
+func discoverService(ctx context.Context, resolver, zone, label, what string) (server netip.AddrPort, target string, err error) {
+	service := label + zone
 	if zone == "." {
-		service = wire.ServiceLabel
+		service = label
 	}
 	r, err := lookup(ctx, resolver, service, dns.TypeSRV)
 	if err != nil {
-		return server, zone, err
+		return server, "", err
 	}
 	var srvs []*dns.SRV
 	for _, rr := range r.Answer {
@@ -42,10 +66,8 @@ func Discover(ctx context.Context, resolver, name string) (server netip.AddrPort
 		}
 	}
 	if len(srvs) == 0 {
-		return server, zone, fmt.Errorf("llq: zone %s offers no LLQ service: no SRV records at %s (%s)", zone, service, rcodeName(r.Rcode))
+		return server, "", fmt.Errorf("llq: zone %s offers no %s service: no SRV records at %s (%s): %w", zone, what, service, rcodeName(r.Rcode), ErrNoService)
 	}
-	// Lowest priority first; among equals the heaviest. No weighted random
-	// choice: one client has no load to spread.
 	sort.SliceStable(srvs, func(i, j int) bool {
 		if srvs[i].Priority != srvs[j].Priority {
 			return srvs[i].Priority < srvs[j].Priority
@@ -60,9 +82,9 @@ func Discover(ctx context.Context, resolver, name string) (server netip.AddrPort
 			errs = append(errs, err)
 			continue
 		}
-		return netip.AddrPortFrom(addr, srv.Port), zone, nil
+		return netip.AddrPortFrom(addr, srv.Port), srv.Target, nil
 	}
-	return server, zone, errors.Join(errs...)
+	return server, "", errors.Join(errs...)
 }
 
 // findZone returns the zone name is in: the owner of the first SOA found in
@@ -101,7 +123,7 @@ func targetAddr(ctx context.Context, resolver, target string, extra []dns.RR) (n
 			return a, nil
 		}
 	}
-	return netip.Addr{}, fmt.Errorf("llq: LLQ server %s has no address", target)
+	return netip.Addr{}, fmt.Errorf("llq: server %s has no address", target)
 }
 
 // addrIn returns the first A record for name in rrs, else the first AAAA;

@@ -626,3 +626,20 @@ func retryOf(ms *uint32) time.Duration {
 	}
 	return d
 }
+
+// Ping sends a Keepalive request with the client's preferred values and
+// waits for the response, whose values then apply. DSO responders act on
+// requests in the order they arrive (RFC 8490 section 5.4), so a server that
+// also writes in that order has sent the initial PUSH of every SUBSCRIBE
+// made before a Ping by the time the Ping returns.
+func (c *PushClient) Ping(ctx context.Context) error {
+	want := dso.Keepalive{Inactivity: dso.Millis(c.opts.Inactivity), Interval: dso.Millis(c.opts.Keepalive)}
+	r, err := c.request(ctx, dso.TypeKeepalive, nil, func(b *dso.Builder) error { b.Keepalive(want); return nil })
+	if err != nil {
+		return err
+	}
+	if r.rcode != dns.RcodeSuccess {
+		return &PushError{Op: "Keepalive", Rcode: r.rcode, Retry: retryOf(r.retry)}
+	}
+	return nil
+}

@@ -106,8 +106,7 @@ type pushPeer struct {
 	ln   net.Listener
 	addr netip.AddrPort
 	conn net.Conn
-	r    *bufio.Reader
-	in   chan dsoMsg // messages from the client; closed at EOF
+	in   chan dsoMsg // messages from the client on conn; closed at EOF
 }
 
 func newPushPeer(t *testing.T, ca *testCA) *pushPeer {
@@ -117,7 +116,7 @@ func newPushPeer(t *testing.T, ca *testCA) *pushPeer {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	return &pushPeer{t: t, ln: ln, addr: ln.Addr().(*net.TCPAddr).AddrPort(), in: make(chan dsoMsg, 100)}
+	return &pushPeer{t: t, ln: ln, addr: ln.Addr().(*net.TCPAddr).AddrPort()}
 }
 
 // accept takes the client's connection and starts reading it.
@@ -129,19 +128,20 @@ func (p *pushPeer) accept() {
 	}
 	p.t.Cleanup(func() { conn.Close() })
 	p.conn = conn
-	p.r = bufio.NewReader(conn)
+	r, in := bufio.NewReader(conn), make(chan dsoMsg, 100)
+	p.in = in
 	go func() {
-		defer close(p.in)
+		defer close(in)
 		for {
 			var l [2]byte
-			if _, err := io.ReadFull(p.r, l[:]); err != nil {
+			if _, err := io.ReadFull(r, l[:]); err != nil {
 				return
 			}
 			b := make([]byte, binary.BigEndian.Uint16(l[:]))
-			if _, err := io.ReadFull(p.r, b); err != nil {
+			if _, err := io.ReadFull(r, b); err != nil {
 				return
 			}
-			p.in <- decodeDSO(p.t, b)
+			in <- decodeDSO(p.t, b)
 		}
 	}()
 }
