@@ -3,23 +3,15 @@ package client
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/binary"
-	"encoding/pem"
 	"io"
-	"math/big"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/llqdns/llq/internal/testcert"
 	"github.com/miekg/dns"
 )
 
@@ -29,60 +21,9 @@ import (
 // use package dso, so the client is checked against the RFC, not against
 // the same code that encodes its own messages.
 
-// testCA is a CA and a server certificate signed by it, for 127.0.0.1 and
-// push.example.org, made once per test binary.
-type testCA struct {
-	pool   *x509.CertPool
-	caFile string
-	server tls.Certificate
-}
+type testCA = testcert.CA
 
-func newTestCA(t *testing.T) *testCA {
-	t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "llq test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "push.example.org"},
-		DNSNames:     []string{"push.example.org"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(ca)
-	caFile := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{pool: pool, caFile: caFile, server: tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}}
-}
+func newTestCA(t *testing.T) *testCA { return testcert.New(t, "push.example.org") }
 
 // dsoMsg is a DSO message as the peer reads it.
 type dsoMsg struct {
@@ -111,7 +52,7 @@ type pushPeer struct {
 
 func newPushPeer(t *testing.T, ca *testCA) *pushPeer {
 	t.Helper()
-	ln, err := tls.Listen("tcp4", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{ca.server}})
+	ln, err := tls.Listen("tcp4", "127.0.0.1:0", ca.ServerConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +203,7 @@ func (p *pushPeer) establish(inactivity, interval uint32) dsoMsg {
 func dialPush(t *testing.T, p *pushPeer, ca *testCA, opts PushOptions) *PushClient {
 	t.Helper()
 	if opts.TLS == nil && opts.CAFile == "" {
-		opts.TLS = &tls.Config{RootCAs: ca.pool}
+		opts.TLS = ca.ClientConfig()
 	}
 	type res struct {
 		c   *PushClient
@@ -346,4 +287,4 @@ func waitDone(t *testing.T, done <-chan struct{}) {
 	}
 }
 
-func tlsFor(ca *testCA) *tls.Config { return &tls.Config{RootCAs: ca.pool} }
+func tlsFor(ca *testCA) *tls.Config { return ca.ClientConfig() }

@@ -30,7 +30,7 @@ func TestPushSession(t *testing.T) {
 	p := newPushPeer(t, ca)
 	ch := make(chan *PushClient, 1)
 	go func() {
-		c, err := DialPush(context.Background(), p.addr, PushOptions{CAFile: ca.caFile, Keepalive: 2 * time.Hour, Inactivity: 30 * time.Second})
+		c, err := DialPush(context.Background(), p.addr, PushOptions{CAFile: ca.CAFile, Keepalive: 2 * time.Hour, Inactivity: 30 * time.Second})
 		if err != nil {
 			t.Error(err)
 		}
@@ -200,7 +200,7 @@ func TestPushUntrusted(t *testing.T) {
 			c.Close()
 		}
 	}()
-	if _, err := DialPush(context.Background(), p.addr, PushOptions{CAFile: other.caFile}); err == nil || !strings.Contains(err.Error(), "TLS") {
+	if _, err := DialPush(context.Background(), p.addr, PushOptions{CAFile: other.CAFile}); err == nil || !strings.Contains(err.Error(), "TLS") {
 		t.Fatalf("DialPush = %v, want a TLS failure", err)
 	}
 }

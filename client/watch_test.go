@@ -133,7 +133,7 @@ func TestWatchAutoPrefersPush(t *testing.T) {
 		"_dns-llq._udp.example.org.":      srvTo("_dns-llq._udp.example.org.", llq.addr.Port(), "push.example.org."),
 	}, rr(t, "push.example.org. 60 IN A 127.0.0.1"))
 	// No ServerName and no IP in the way: the name must come from the SRV target.
-	w := Watch(context.Background(), pushQ, WatchOptions{Resolver: resolver, Push: PushOptions{CAFile: ca.caFile}})
+	w := Watch(context.Background(), pushQ, WatchOptions{Resolver: resolver, Push: PushOptions{CAFile: ca.CAFile}})
 	defer w.Close()
 	p.servePush(t, pushQ)
 	if u := nextUpdate(t, w); u.Proto != ProtoPush || !u.Initial || u.Err != nil {
