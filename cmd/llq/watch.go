@@ -19,10 +19,13 @@ import (
 
 const watchHelp = `usage: llq watch NAME [TYPE] [@SERVER[:PORT]] [flags]
 
-Sets up a Long-Lived Query for NAME (TYPE defaults to A) and prints the
-answers as they change, one line each, until SIGINT or SIGTERM; then it
-terminates the LLQ. With @SERVER it talks LLQ to SERVER (port %d unless
-given); otherwise it discovers the zone's LLQ server through the resolver.
+Subscribes to NAME (TYPE defaults to A) and prints the answers as they
+change, one line each, until SIGINT or SIGTERM; then it ends the
+subscription. It speaks DNS Push (RFC 8765, over TLS) when the zone
+advertises a push server (_dns-push-tls._tcp SRV), else a Long-Lived Query
+(RFC 8764); -proto forces either. With @SERVER it talks to SERVER, with LLQ
+(port %d unless given) unless -proto push (port %d); otherwise it discovers
+the zone's servers through the resolver.
 
 Output, each line stamped with the time in RFC 3339 UTC with milliseconds:
   TIME ANSWER RR    the answers when the LLQ was set up
@@ -40,7 +43,9 @@ type watchArgs struct {
 	server   string // "@" argument without the "@"; empty to discover
 	resolver string
 	timeout  time.Duration
+	proto    client.Proto
 	opts     client.Options
+	push     client.PushOptions
 }
 
 func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -60,7 +65,7 @@ func parseWatch(args []string, stderr io.Writer) (*watchArgs, error) {
 	fs := flag.NewFlagSet("watch", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, watchHelp, wire.DefaultPort)
+		fmt.Fprintf(stderr, watchHelp, wire.DefaultPort, client.DefaultPushPort)
 		fs.PrintDefaults()
 		fmt.Fprintf(stderr, "\n%s\n", exitCodesHelp)
 	}
@@ -70,6 +75,9 @@ func parseWatch(args []string, stderr io.Writer) (*watchArgs, error) {
 	fs.StringVar(&w.opts.LocalAddr, "local", "", "local UDP `address` to bind, e.g. 127.0.0.2:0")
 	fs.DurationVar(&w.opts.RetryInterval, "retry", client.DefaultRetryInterval, "wait before the first retransmission; the next waits double")
 	udpSize := fs.Uint("udpsize", client.DefaultUDPSize, "EDNS0 UDP payload size to advertise")
+	proto := fs.String("proto", "auto", "`protocol`: auto (DNS Push when the zone advertises it, else LLQ), push or llq")
+	fs.StringVar(&w.push.CAFile, "ca", "", "PEM `file` of the CA certificates to trust for DNS Push (default: the system's roots)")
+	fs.StringVar(&w.push.ServerName, "tls-name", "", "`name` the DNS Push server's certificate must carry (default: the SRV target, or @SERVER)")
 
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
@@ -79,6 +87,9 @@ func parseWatch(args []string, stderr io.Writer) (*watchArgs, error) {
 		return nil, fmt.Errorf("-udpsize %d is not between 512 and 65535", *udpSize)
 	}
 	w.opts.UDPSize = uint16(*udpSize)
+	if w.proto, err = client.ParseProto(*proto); err != nil {
+		return nil, fmt.Errorf("-proto: %w", err)
+	}
 	if w.opts.Lease < time.Second {
 		return nil, fmt.Errorf("-lease %s is under a second", w.opts.Lease)
 	}
@@ -141,6 +152,10 @@ func (w *watchArgs) run(ctx context.Context, stdout, stderr io.Writer) int {
 		var cancel context.CancelFunc
 		setupCtx, cancel = context.WithTimeout(ctx, w.timeout)
 		defer cancel()
+	}
+
+	if w.usePush(setupCtx, stderr) {
+		return w.runPush(ctx, stdout, stderr)
 	}
 
 	server, err := w.findServer(setupCtx, stderr)
@@ -273,15 +288,9 @@ func (w *watchArgs) findServer(ctx context.Context, stderr io.Writer) (netip.Add
 	if w.server != "" {
 		return parseServer(ctx, w.server, wire.DefaultPort)
 	}
-	resolver := w.resolver
-	if resolver == "" {
-		conf, err := dns.ClientConfigFromFile("/etc/resolv.conf")
-		if err != nil || len(conf.Servers) == 0 {
-			return netip.AddrPort{}, fmt.Errorf("no resolver for discovery (give -resolver or @SERVER): %v", err)
-		}
-		resolver = net.JoinHostPort(conf.Servers[0], conf.Port)
-	} else if _, _, err := net.SplitHostPort(resolver); err != nil {
-		resolver = net.JoinHostPort(strings.Trim(resolver, "[]"), "53")
+	resolver, err := w.resolverAddr()
+	if err != nil {
+		return netip.AddrPort{}, err
 	}
 	server, zone, err := client.Discover(ctx, resolver, w.q.Name)
 	if err != nil {
@@ -289,6 +298,23 @@ func (w *watchArgs) findServer(ctx context.Context, stderr io.Writer) (netip.Add
 	}
 	fmt.Fprintf(stderr, "llq watch: zone %s, LLQ server %s (via %s)\n", zone, server, resolver)
 	return server, nil
+}
+
+// resolverAddr is the -resolver flag with a port, or the first nameserver
+// of /etc/resolv.conf.
+func (w *watchArgs) resolverAddr() (string, error) {
+	resolver := w.resolver
+	if resolver == "" {
+		conf, err := dns.ClientConfigFromFile("/etc/resolv.conf")
+		if err != nil || len(conf.Servers) == 0 {
+			return "", fmt.Errorf("no resolver for discovery (give -resolver or @SERVER): %v", err)
+		}
+		return net.JoinHostPort(conf.Servers[0], conf.Port), nil
+	}
+	if _, _, err := net.SplitHostPort(resolver); err != nil {
+		resolver = net.JoinHostPort(strings.Trim(resolver, "[]"), "53")
+	}
+	return resolver, nil
 }
 
 // parseServer accepts an address with or without port ("192.0.2.1",

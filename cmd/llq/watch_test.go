@@ -347,6 +347,7 @@ func TestParseWatch(t *testing.T) {
 		{args: []string{"x.org", "A", "extra"}, err: true},
 		{args: []string{"x.org", "-udpsize", "100"}, err: true},
 		{args: []string{"x.org", "-bogus"}, err: true},
+		{args: []string{"x.org", "-proto", "udp"}, err: true},
 	}
 	for _, tc := range tests {
 		w, err := parseWatch(tc.args, new(lockedBuffer))
@@ -362,6 +363,11 @@ func TestParseWatch(t *testing.T) {
 		}
 		if w.q.Name != tc.name || w.q.Qtype != tc.qtype || w.server != tc.server || w.opts.Lease != tc.lease {
 			t.Errorf("%q: got %v server %q lease %s", tc.args, w.q, w.server, w.opts.Lease)
+		}
+	}
+	for arg, want := range map[string]client.Proto{"auto": client.ProtoAuto, "push": client.ProtoPush, "LLQ": client.ProtoLLQ} {
+		if w, err := parseWatch([]string{"x.org", "-proto", arg}, new(lockedBuffer)); err != nil || w.proto != want {
+			t.Errorf("-proto %s: %v, %v", arg, w, err)
 		}
 	}
 }
