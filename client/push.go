@@ -333,8 +333,9 @@ func (c *PushClient) abandon(id uint16, sub *PushSubscription) {
 		r.sub = nil
 	}
 	c.mu.Unlock()
-	if sub != nil && sub.end(context.Canceled) {
+	if sub != nil && sub.stop(context.Canceled) {
 		c.unsubscribe(sub)
+		c.subscriptionEnded(sub)
 	}
 }
 

@@ -115,10 +115,14 @@ func (s *PushSubscription) Err() error {
 // Close cancels the subscription with an UNSUBSCRIBE (RFC 8765 section
 // 6.4), which has no response. Closing an ended subscription does nothing.
 func (s *PushSubscription) Close() error {
-	if !s.end(ErrClosed) {
+	if !s.stop(ErrClosed) {
 		return nil
 	}
-	return s.c.unsubscribe(s)
+	// UNSUBSCRIBE first: the session may close as soon as it has no
+	// subscription left (inactivity timeout 0).
+	err := s.c.unsubscribe(s)
+	s.c.subscriptionEnded(s)
+	return err
 }
 
 func (c *PushClient) unsubscribe(s *PushSubscription) error {
@@ -140,8 +144,18 @@ func (s *PushSubscription) activate() {
 	s.mu.Unlock()
 }
 
-// end stops the subscription with err and reports whether this call did it.
+// end stops the subscription with err, tells the session, and reports
+// whether this call did it.
 func (s *PushSubscription) end(err error) bool {
+	if !s.stop(err) {
+		return false
+	}
+	s.c.subscriptionEnded(s)
+	return true
+}
+
+// stop is end without telling the session.
+func (s *PushSubscription) stop(err error) bool {
 	s.mu.Lock()
 	if s.state == ended {
 		s.mu.Unlock()
@@ -152,7 +166,6 @@ func (s *PushSubscription) end(err error) bool {
 	close(s.events)
 	s.mu.Unlock()
 	s.cancel(err)
-	s.c.subscriptionEnded(s)
 	return true
 }
 

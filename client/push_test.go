@@ -337,13 +337,16 @@ func TestPushKeepaliveTraffic(t *testing.T) {
 		}
 		ch <- c
 	}()
-	p.establish(15000, 50)
+	p.establish(15000, 3600000)
 	c := <-ch
 	if c == nil {
 		t.FailNow()
 	}
 	defer c.Close()
 	s, _ := subscribe(t, p, c, pushQ)
+	// Shortened only now, so that no keepalive traffic comes before the
+	// SUBSCRIBE.
+	p.send(0, false, 0, tlv(1, u32s(15000, 50)))
 	ka := p.recv()
 	if ka.response || ka.id == 0 || len(ka.tlvs) != 1 || ka.tlvs[0].typ != 1 {
 		t.Fatalf("not a Keepalive request: %+v", ka)
