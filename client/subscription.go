@@ -250,6 +250,10 @@ func (s *Subscription) establish(answers []dns.RR, lease time.Duration) (early [
 
 // end stops the subscription with err and reports whether this call did it.
 func (s *Subscription) end(err error) bool {
+	// Unrouted before Events closes, so that whoever sees it closed finds
+	// the subscription gone from the client too. Not under s.mu: Close
+	// takes the client's lock and then the subscription's.
+	s.c.removeSub(s)
 	s.mu.Lock()
 	if s.state == ended {
 		s.mu.Unlock()
@@ -265,6 +269,5 @@ func (s *Subscription) end(err error) bool {
 	s.mu.Unlock()
 
 	s.cancel(err)
-	s.c.removeSub(s)
 	return true
 }
