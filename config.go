@@ -19,6 +19,9 @@ type config struct {
 	srvTarget      string        // SRV target for discovery; "" = llq.ZONE with synthesised addresses
 	udpSize        uint16        // EDNS0 size the listener advertises
 	fullRetryAfter time.Duration // SERV-FULL retry-after when a count limit is hit
+	clientBits     clientBits    // how much of an address is one client for per-client limits
+	conns          connLimits    // TCP connections
+	handoff        bool          // queries below llq run on warm workers (handoff.go)
 }
 
 func defaultConfig() *config {
@@ -36,6 +39,9 @@ func defaultConfig() *config {
 		debounce:       5 * time.Millisecond,
 		udpSize:        1232,
 		fullRetryAfter: 5 * time.Minute,
+		clientBits:     defaultClientBits,
+		conns:          defaultConnLimits,
+		handoff:        true,
 	}
 }
 

@@ -37,7 +37,7 @@ type Engine struct {
 func newEngine(cfg *config) (*Engine, error) {
 	e := &Engine{
 		key:     cfg.listen,
-		t:       newTable(),
+		t:       newTable(cfg.clientBits),
 		sched:   newScheduler(),
 		chal:    newChallenger(),
 		limiter: newSetupLimiter(),
@@ -65,7 +65,7 @@ func (e *Engine) close() {
 	e.changes.close()
 	e.mu.Lock()
 	n, topics := len(e.t.subs), len(e.t.topics)
-	e.t = newTable()
+	e.t = newTable(e.config().clientBits)
 	e.mu.Unlock()
 	// Gauges are shared by every engine in the process: subtract ours.
 	liveLLQs.Sub(float64(n))
@@ -76,6 +76,9 @@ func (e *Engine) close() {
 // leases until their next refresh.
 func (e *Engine) reconfigure(cfg *config) {
 	e.cfg.Store(cfg)
+	e.mu.Lock()
+	e.t.rekey(cfg.clientBits)
+	e.mu.Unlock()
 	publishLimits(cfg)
 	e.watch.armPoll()
 }
@@ -182,7 +185,7 @@ func (e *Engine) admit(addr netip.Addr) *setupError {
 		limitRejections.WithLabelValues("max-llqs").Inc()
 		return &setupError{code: wire.ServFull, lease: uint32(cfg.fullRetryAfter / time.Second)}
 	}
-	if cfg.maxPerClient > 0 && e.t.perClient[addr] >= cfg.maxPerClient {
+	if cfg.maxPerClient > 0 && e.t.perClient[e.t.bits.key(addr)] >= cfg.maxPerClient {
 		limitRejections.WithLabelValues("max-llqs-per-client").Inc()
 		return &setupError{code: wire.ServFull, lease: uint32(cfg.fullRetryAfter / time.Second)}
 	}
@@ -225,7 +228,7 @@ func (e *Engine) establish(id uint64, q dns.Question, client netip.AddrPort, lea
 	if b == nil {
 		return nil, 0, &setupError{code: wire.Static}
 	}
-	if ok, wait := e.limiter.allow(client.Addr(), now, cfg.setupRate, cfg.setupBurst); !ok {
+	if ok, wait := e.limiter.allow(cfg.clientBits.key(client.Addr()), now, cfg.setupRate, cfg.setupBurst); !ok {
 		limitRejections.WithLabelValues("setup-rate").Inc()
 		return nil, 0, &setupError{code: wire.ServFull, lease: uint32(wait/time.Second) + 1}
 	}

@@ -2,6 +2,8 @@ package llq
 
 import (
 	"context"
+	"fmt"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 
@@ -20,10 +22,12 @@ import (
 // already grown, and waits for it: two goroutine switches on the same P
 // instead of a stack copy. The plugins below run exactly as before, with
 // the same context, writer and message; a panic among them is re-raised on
-// the query's own goroutine, where CoreDNS's server recovers from it.
+// the query's own goroutine, where CoreDNS's server recovers from it, with
+// the stack of where it happened (see belowPanic).
 // When every worker is busy the query runs on its own goroutine and one
 // more worker is started, up to maxWorkers; they never exit, and the
-// runtime shrinks the stacks of idle ones at each GC.
+// runtime shrinks the stacks of idle ones at each GC. `handoff off` in the
+// Corefile keeps every query on its own goroutine.
 
 // maxWorkers bounds the worker goroutines: past that many queries in
 // flight below llq (a forward waiting on its upstream, say), the extra
@@ -57,7 +61,11 @@ func worker() {
 
 func (h *handoff) run() {
 	defer func() {
-		h.pan = recover()
+		if v := recover(); v != nil {
+			// The stack is still that of the panic here; once re-raised on
+			// the query's goroutine it would show only handOn.
+			h.pan = &belowPanic{value: v, stack: debug.Stack()}
+		}
 		h.done <- struct{}{}
 	}()
 	h.rcode, h.err = h.l.next(h.ctx, h.w, h.r)
@@ -88,4 +96,23 @@ func (l *LLQ) handOn(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int
 		panic(pan)
 	}
 	return rcode, err
+}
+
+// belowPanic is a panic raised below llq on a worker, re-raised on the
+// query's goroutine. CoreDNS logs the value it recovers (and, with its
+// stacktrace option, a stack that now starts in handOn): the value says
+// where the panic really happened.
+type belowPanic struct {
+	value any
+	stack []byte
+}
+
+func (p *belowPanic) Error() string {
+	return fmt.Sprintf("%v\n[panic below llq, on a handoff worker]\n%s", p.value, p.stack)
+}
+
+// Unwrap lets errors.Is and errors.As see a panic value that is an error.
+func (p *belowPanic) Unwrap() error {
+	err, _ := p.value.(error)
+	return err
 }

@@ -3,12 +3,15 @@ package llq
 import (
 	"encoding/binary"
 	"errors"
-	"io"
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
+
+	"github.com/llqdns/llq/wire"
+	"github.com/miekg/dns"
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
@@ -23,14 +26,12 @@ type listener struct {
 	batch batchConn
 	v6    bool // the UDP socket is IPv6 (possibly dual-stack)
 	tcp   *net.TCPListener
+	gate  *connGate
+	stop  chan struct{} // closed by close
 	wg    sync.WaitGroup
 	mu    sync.Mutex
 	open  map[net.Conn]struct{}
 }
-
-// tcpIdle is how long a TCP client may stay silent before its connection is
-// closed; LLQ over TCP only sets up and refreshes, events go over UDP.
-const tcpIdle = 30 * time.Second
 
 func listen(addr string, e *Engine) (*listener, error) {
 	ua, err := net.ResolveUDPAddr("udp", addr)
@@ -43,7 +44,7 @@ func listen(addr string, e *Engine) (*listener, error) {
 	}
 	_ = udp.SetReadBuffer(4 << 20)
 	_ = udp.SetWriteBuffer(4 << 20)
-	l := &listener{e: e, udp: udp, tcp: tcp, open: make(map[net.Conn]struct{})}
+	l := &listener{e: e, udp: udp, tcp: tcp, gate: newConnGate(), stop: make(chan struct{}), open: make(map[net.Conn]struct{})}
 	// Go opens an AF_INET socket only for a specific IPv4 address; a
 	// wildcard, even 0.0.0.0, gets a dual-stack AF_INET6 one, whose local
 	// address then reads [::].
@@ -185,67 +186,121 @@ func (l *listener) serveUDP() {
 
 func (l *listener) serveTCP() {
 	defer l.wg.Done()
-	for {
-		c, err := l.tcp.AcceptTCP()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue
+	acceptLoop(l.tcp, l.stop, func(c net.Conn) {
+		src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+		cfg := l.e.config()
+		client := cfg.clientBits.key(src.Addr())
+		if !l.gate.enter(client, cfg.conns) {
+			c.Close()
+			return
 		}
 		l.mu.Lock()
 		if l.open == nil { // close ran meanwhile
 			l.mu.Unlock()
+			l.gate.leave(client)
 			c.Close()
-			continue
+			return
 		}
 		l.open[c] = struct{}{}
 		l.wg.Add(1)
 		l.mu.Unlock()
-		go l.serveConn(c)
-	}
+		go l.serveConn(c, src, client)
+	})
 }
 
-func (l *listener) serveConn(c *net.TCPConn) {
+// serveConn answers the messages of one TCP connection. LLQ over TCP sets
+// up and refreshes; events go over UDP. So a connection is kept only while
+// it holds an LLQ it set up or refreshed: one that holds none is closed
+// when the idle time has passed since it last did, whatever it sends
+// meanwhile (a byte every little while must not keep it forever). A
+// message must also arrive whole within the idle time.
+func (l *listener) serveConn(c net.Conn, src netip.AddrPort, client netip.Prefix) {
+	f := frameReader{r: c, g: l.gate}
 	defer func() {
+		f.done()
 		c.Close()
+		l.gate.leave(client)
 		l.mu.Lock()
 		delete(l.open, c) // a no-op on the nil map after close
 		l.mu.Unlock()
 		l.wg.Done()
 	}()
-	src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
-	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-	var hdr [2]byte
-	buf := make([]byte, 0, 512)
+	var held heldLLQs
+	deadline := time.Now().Add(l.e.config().conns.idle)
 	for {
-		c.SetReadDeadline(time.Now().Add(tcpIdle))
-		if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		c.SetReadDeadline(deadline)
+		lim := l.e.config().conns
+		msg, err := f.next(lim)
+		if err != nil {
+			var ne net.Error
+			timeout := errors.As(err, &ne) && ne.Timeout()
+			if timeout && !f.partial && l.e.holds(&held, src.Addr()) {
+				deadline = time.Now().Add(lim.idle)
+				continue
+			}
+			switch {
+			case timeout:
+				connsClosed.WithLabelValues("idle").Inc()
+			case errors.Is(err, errReadBuffers):
+				connsClosed.WithLabelValues("read-buffers").Inc()
+			}
 			return
 		}
-		n := int(binary.BigEndian.Uint16(hdr[:]))
-		if cap(buf) < n {
-			buf = make([]byte, n)
+		reply := l.e.serve(msg, src, true)
+		f.done()
+		if reply != nil {
+			held.note(reply)
+			out := make([]byte, 2+len(reply))
+			binary.BigEndian.PutUint16(out, uint16(len(reply)))
+			copy(out[2:], reply)
+			c.SetWriteDeadline(time.Now().Add(lim.idle))
+			if _, err := c.Write(out); err != nil {
+				return
+			}
 		}
-		buf = buf[:n]
-		if _, err := io.ReadFull(c, buf); err != nil {
-			return
-		}
-		reply := l.e.serve(buf, src, true)
-		if reply == nil {
-			continue
-		}
-		out := make([]byte, 2+len(reply))
-		binary.BigEndian.PutUint16(out, uint16(len(reply)))
-		copy(out[2:], reply)
-		c.SetWriteDeadline(time.Now().Add(tcpIdle))
-		if _, err := c.Write(out); err != nil {
-			return
+		if l.e.holds(&held, src.Addr()) {
+			deadline = time.Now().Add(lim.idle)
 		}
 	}
 }
 
+// heldLLQs are the LLQs a connection set up or refreshed, a few at most:
+// one live LLQ is enough to keep the connection.
+type heldLLQs []uint64
+
+const maxHeld = 8
+
+// note remembers the LLQs that reply grants and forgets those it ends.
+func (h *heldLLQs) note(reply []byte) {
+	wire.Scan(reply, nil, func(o dns.EDNS0_LLQ) {
+		if o.Error != wire.NoError || o.Id == 0 || o.Opcode != wire.OpSetup && o.Opcode != wire.OpRefresh {
+			return
+		}
+		i := slices.Index(*h, o.Id)
+		switch {
+		case o.LeaseLife == 0 && i >= 0:
+			*h = slices.Delete(*h, i, i+1)
+		case o.LeaseLife > 0 && i < 0 && len(*h) < maxHeld:
+			*h = append(*h, o.Id)
+		}
+	})
+}
+
+// holds reports whether one of held is a live LLQ of the client at addr,
+// and forgets those that are not.
+func (e *Engine) holds(held *heldLLQs, addr netip.Addr) bool {
+	if len(*held) == 0 {
+		return false
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	*held = slices.DeleteFunc(*held, func(id uint64) bool { return !e.known(id, addr) })
+	return len(*held) > 0
+}
+
 func (l *listener) close() {
+	close(l.stop)
 	l.udp.Close()
 	l.tcp.Close()
 	l.mu.Lock()

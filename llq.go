@@ -49,6 +49,9 @@ func (l *LLQ) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (i
 		}
 	}
 	stripLLQ(r)
+	if !l.cfg.handoff {
+		return l.next(ctx, w, r)
+	}
 	return l.handOn(ctx, w, r)
 }
 

@@ -3,6 +3,8 @@ package llq
 import (
 	"context"
 	"fmt"
+	"runtime/debug"
+	"strings"
 	"sync"
 	"testing"
 
@@ -82,21 +84,100 @@ func (panicking) ServeDNS(context.Context, dns.ResponseWriter, *dns.Msg) (int, e
 
 // TestHandOnPanic: a panic below llq reaches the query's own goroutine,
 // where CoreDNS's server recovers from it, whether the query ran on a
-// worker or not; the worker survives it.
+// worker or not; the worker survives it. Re-raised from a worker, it still
+// says where it happened.
 func TestHandOnPanic(t *testing.T) {
 	l := &LLQ{Next: panicking{}, cfg: defaultConfig()}
 	q := new(dns.Msg)
 	q.SetQuestion("www.example.org.", dns.TypeA)
-	for range 50 { // the first starts a worker, the later ones use it
+	onWorker := 0
+	call := func() {
+		defer func() {
+			p := recover()
+			if p == "buggy plugin" { // ran on the query's goroutine
+				return
+			}
+			bp, ok := p.(*belowPanic)
+			if !ok || bp.value != "buggy plugin" {
+				t.Fatalf("recovered %v, want the plugin's panic", p)
+			}
+			if msg := bp.Error(); !strings.Contains(msg, "buggy plugin") || !strings.Contains(msg, "panicking.ServeDNS") {
+				t.Fatalf("re-raised panic lost its origin:\n%s", msg)
+			}
+			onWorker++
+		}()
+		l.ServeDNS(context.Background(), &test.ResponseWriter{}, q.Copy())
+		t.Fatal("no panic")
+	}
+	// The first starts a worker, a later one finds it waiting.
+	eventually(t, "a query to run on a worker", func() bool { call(); return onWorker > 0 }, wait)
+	for range 20 { // the worker survived
+		call()
+	}
+
+	// With the handoff off, every query runs on its own goroutine.
+	cfg := defaultConfig()
+	cfg.handoff = false
+	l = &LLQ{Next: panicking{}, cfg: cfg}
+	for range 10 {
 		func() {
 			defer func() {
 				if p := recover(); p != "buggy plugin" {
-					t.Fatalf("recovered %v, want the plugin's panic", p)
+					t.Fatalf("handoff off: recovered %v, want the plugin's own panic", p)
 				}
 			}()
 			l.ServeDNS(context.Background(), &test.ResponseWriter{}, q.Copy())
-			t.Fatal("no panic")
 		}()
+	}
+}
+
+// TestHandOnAllWorkersBlocked: with every worker held by a handler that
+// blocks (a forward waiting on a dead upstream), further queries still run,
+// on their own goroutines, and the workers stay bounded.
+func TestHandOnAllWorkersBlocked(t *testing.T) {
+	release := make(chan struct{})
+	entered := make(chan bool)
+	next := plugin.HandlerFunc(func(_ context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
+		if r.Question[0].Name == "block.example.org." {
+			entered <- strings.Contains(string(debug.Stack()), "llq.worker(")
+			<-release
+		}
+		m := new(dns.Msg)
+		m.SetReply(r)
+		w.WriteMsg(m)
+		return dns.RcodeSuccess, nil
+	})
+	l := &LLQ{Next: next, cfg: defaultConfig()}
+	var done sync.WaitGroup
+	defer done.Wait()
+	defer close(release)
+	// Each blocking query takes an idle worker or, finding none, runs on
+	// its own goroutine and starts one more, up to the bound: until every
+	// worker there can be is blocked.
+	busy := 0
+	for i := 0; busy < maxWorkers; i++ {
+		if i > 10*maxWorkers {
+			t.Fatalf("%d of %d workers busy after %d blocking queries", busy, workers.Load(), i)
+		}
+		done.Add(1)
+		go func() {
+			defer done.Done()
+			q := new(dns.Msg)
+			q.SetQuestion("block.example.org.", dns.TypeA)
+			l.ServeDNS(context.Background(), &test.ResponseWriter{}, q)
+		}()
+		if <-entered {
+			busy++
+		}
+	}
+	if w := workers.Load(); w != maxWorkers {
+		t.Fatalf("%d workers, the bound is %d", w, maxWorkers)
+	}
+	q := new(dns.Msg)
+	q.SetQuestion("www.example.org.", dns.TypeA)
+	rec := dnstest.NewRecorder(&test.ResponseWriter{})
+	if rcode, err := l.ServeDNS(context.Background(), rec, q); rcode != dns.RcodeSuccess || err != nil || rec.Msg == nil {
+		t.Fatalf("query while every worker blocks: rcode %d, err %v", rcode, err)
 	}
 }
 

@@ -43,4 +43,10 @@ func publishLimits(c *config) {
 	limitGauge.WithLabelValues("lease-min-seconds").Set(c.minLease.Seconds())
 	limitGauge.WithLabelValues("lease-max-seconds").Set(c.maxLease.Seconds())
 	limitGauge.WithLabelValues("retransmit-attempts").Set(float64(c.attempts))
+	limitGauge.WithLabelValues("max-connections").Set(float64(c.conns.max))
+	limitGauge.WithLabelValues("max-connections-per-client").Set(float64(c.conns.perClient))
+	limitGauge.WithLabelValues("idle-timeout-seconds").Set(c.conns.idle.Seconds())
+	limitGauge.WithLabelValues("max-read-buffers").Set(float64(c.conns.buffers))
+	limitGauge.WithLabelValues("client-prefix-ipv6").Set(float64(c.clientBits.v6))
+	limitGauge.WithLabelValues("client-prefix-ipv4").Set(float64(c.clientBits.v4))
 }

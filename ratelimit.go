@@ -7,41 +7,59 @@ import (
 	"time"
 )
 
-// setupLimiter rate-limits LLQ creation per client address with token
-// buckets in a fixed-size table indexed by a hash of the address: memory is
-// bounded whatever the number of addresses, at the price that two addresses
-// sharing a slot share a budget.
+// setupLimiter rate-limits LLQ creation per client (see clientBits) with
+// token buckets. A client's bucket is its own: two clients share one only
+// when more than exactBuckets of them have each spent tokens within the
+// last BURST/RATE seconds (5 s with the defaults), and every setup counted
+// here comes from an address that answered a challenge or opened a TCP
+// connection, so those are that many real clients at once. Past that the
+// newcomers fall back to overflowBuckets slots chosen by a keyed hash,
+// where colliding clients share a budget; memory stays bounded either way.
+//
+// A bucket that has filled up again says nothing a new bucket would not,
+// so it is forgotten: the exact table holds only clients that set up LLQs
+// recently.
 type setupLimiter struct {
-	mu      sync.Mutex
-	seed    maphash.Seed
-	buckets [4096]bucket
+	mu        sync.Mutex
+	exact     map[netip.Prefix]*bucket
+	nextSweep time.Time
+	seed      maphash.Seed
+	overflow  [overflowBuckets]bucket
 }
+
+var setupRateOverflow = counter("setup_rate_shared_total",
+	"Setups rate-limited in a shared hashed bucket because more clients were being limited at once than have a bucket of their own.")
+
+const (
+	exactBuckets    = 1 << 15
+	overflowBuckets = 4096
+	// sweepEvery spaces the sweeps of a full exact table, so that a flood
+	// of clients costs one pass over it per interval, not one per setup.
+	sweepEvery = time.Second
+)
 
 type bucket struct {
 	tokens float64
 	last   time.Time
 }
 
-func newSetupLimiter() *setupLimiter { return &setupLimiter{seed: maphash.MakeSeed()} }
+func newSetupLimiter() *setupLimiter {
+	return &setupLimiter{exact: make(map[netip.Prefix]*bucket), seed: maphash.MakeSeed()}
+}
 
-// allow takes one token for addr. When none is left it returns how long until
-// one will be.
-func (l *setupLimiter) allow(addr netip.Addr, now time.Time, rate float64, burst int) (bool, time.Duration) {
+// allow takes one token for client. When none is left it returns how long
+// until one will be.
+func (l *setupLimiter) allow(client netip.Prefix, now time.Time, rate float64, burst int) (bool, time.Duration) {
 	if rate <= 0 {
 		return true, 0
 	}
-	a := addr.As16()
-	i := maphash.Bytes(l.seed, a[:]) % uint64(len(l.buckets))
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	b := &l.buckets[i]
+	b := l.bucketFor(client, now, rate, burst)
 	if b.last.IsZero() {
 		b.tokens = float64(burst)
 	} else {
-		b.tokens += now.Sub(b.last).Seconds() * rate
-		if b.tokens > float64(burst) {
-			b.tokens = float64(burst)
-		}
+		b.tokens = b.refilled(now, rate, burst)
 	}
 	b.last = now
 	if b.tokens >= 1 {
@@ -49,4 +67,32 @@ func (l *setupLimiter) allow(addr netip.Addr, now time.Time, rate float64, burst
 		return true, 0
 	}
 	return false, time.Duration((1 - b.tokens) / rate * float64(time.Second))
+}
+
+func (b *bucket) refilled(now time.Time, rate float64, burst int) float64 {
+	return min(float64(burst), b.tokens+now.Sub(b.last).Seconds()*rate)
+}
+
+// bucketFor finds or makes client's bucket. Call with l.mu held.
+func (l *setupLimiter) bucketFor(client netip.Prefix, now time.Time, rate float64, burst int) *bucket {
+	if b, ok := l.exact[client]; ok {
+		return b
+	}
+	if len(l.exact) >= exactBuckets && !now.Before(l.nextSweep) {
+		l.nextSweep = now.Add(sweepEvery)
+		for k, b := range l.exact {
+			if b.refilled(now, rate, burst) >= float64(burst) {
+				delete(l.exact, k)
+			}
+		}
+	}
+	if len(l.exact) < exactBuckets {
+		b := new(bucket)
+		l.exact[client] = b
+		return b
+	}
+	setupRateOverflow.Inc()
+	a := client.Addr().As16()
+	h := maphash.Bytes(l.seed, append(a[:], byte(client.Bits())))
+	return &l.overflow[h%overflowBuckets]
 }

@@ -126,6 +126,37 @@ func parse(c *caddy.Controller) ([]string, *config, error) {
 						err = fmt.Errorf("burst must be at least 1")
 					}
 				}
+			case "max-connections":
+				cfg.conns.max, err = count(args)
+			case "max-connections-per-client":
+				cfg.conns.perClient, err = count(args)
+			case "idle-timeout":
+				if len(args) != 1 {
+					return nil, nil, c.ArgErr()
+				}
+				cfg.conns.idle, err = duration(args[0])
+				if err == nil && cfg.conns.idle <= 0 {
+					err = fmt.Errorf("must be more than 0")
+				}
+			case "max-read-buffers":
+				cfg.conns.buffers, err = count(args)
+				// Less than one whole message would close every connection
+				// that sends a large one.
+				if err == nil && cfg.conns.buffers != 0 && cfg.conns.buffers < dns.MaxMsgSize {
+					err = fmt.Errorf("must be 0 (no limit) or at least %d bytes, one whole message", dns.MaxMsgSize)
+				}
+			case "client-prefix":
+				if len(args) < 1 || len(args) > 2 {
+					return nil, nil, c.ArgErr()
+				}
+				if cfg.clientBits.v6, err = prefixLen(args[0], 128); err == nil && len(args) == 2 {
+					cfg.clientBits.v4, err = prefixLen(args[1], 32)
+				}
+			case "handoff":
+				if len(args) != 1 || args[0] != "on" && args[0] != "off" {
+					err = fmt.Errorf("want on or off")
+				}
+				cfg.handoff = len(args) == 1 && args[0] == "on"
 			case "retransmit":
 				if len(args) != 2 {
 					return nil, nil, c.ArgErr()
@@ -175,6 +206,15 @@ func duration(s string) (time.Duration, error) {
 		err = fmt.Errorf("negative duration %s", s)
 	}
 	return d, err
+}
+
+// prefixLen reads a prefix length of at most max bits.
+func prefixLen(s string, max int) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 || n > max {
+		return 0, fmt.Errorf("%q is not a prefix length from 0 to %d", s, max)
+	}
+	return n, nil
 }
 
 // count reads the single non-negative integer argument of a limit; 0 means

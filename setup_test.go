@@ -92,6 +92,39 @@ func TestParse(t *testing.T) {
 		{input: "llq {\n srv-target\n}", err: "Wrong argument count"},
 		{input: "llq {\n srv-target a b\n}", err: "Wrong argument count"},
 
+		{input: "llq {\n max-connections 50\n}", check: func(c *config) bool { return c.conns.max == 50 && c.conns.perClient == def.conns.perClient }},
+		{input: "llq {\n max-connections 0\n}", check: func(c *config) bool { return c.conns.max == 0 }},
+		{input: "llq {\n max-connections -1\n}", err: "negative"},
+		{input: "llq {\n max-connections\n}", err: "want one number"},
+		{input: "llq {\n max-connections-per-client 8\n}", check: func(c *config) bool { return c.conns.perClient == 8 && c.conns.max == def.conns.max }},
+		{input: "llq {\n max-connections-per-client 0\n}", check: func(c *config) bool { return c.conns.perClient == 0 }},
+		{input: "llq {\n max-connections-per-client many\n}", err: "max-connections-per-client"},
+
+		{input: "llq {\n idle-timeout 10s\n}", check: func(c *config) bool { return c.conns.idle == 10*time.Second }},
+		{input: "llq {\n idle-timeout 5\n}", check: func(c *config) bool { return c.conns.idle == 5*time.Second }},
+		{input: "llq {\n idle-timeout 0\n}", err: "more than 0"},
+		{input: "llq {\n idle-timeout -1s\n}", err: "negative"},
+		{input: "llq {\n idle-timeout\n}", err: "Wrong argument count"},
+
+		{input: "llq {\n max-read-buffers 1048576\n}", check: func(c *config) bool { return c.conns.buffers == 1<<20 }},
+		{input: "llq {\n max-read-buffers 0\n}", check: func(c *config) bool { return c.conns.buffers == 0 }},
+		{input: "llq {\n max-read-buffers 65535\n}", check: func(c *config) bool { return c.conns.buffers == 65535 }},
+		{input: "llq {\n max-read-buffers 1000\n}", err: "one whole message"},
+		{input: "llq {\n max-read-buffers -5\n}", err: "negative"},
+
+		{input: "llq {\n client-prefix 56\n}", check: func(c *config) bool { return c.clientBits == clientBits{v4: 32, v6: 56} }},
+		{input: "llq {\n client-prefix 128 24\n}", check: func(c *config) bool { return c.clientBits == clientBits{v4: 24, v6: 128} }},
+		{input: "llq {\n client-prefix 129\n}", err: "from 0 to 128"},
+		{input: "llq {\n client-prefix 64 33\n}", err: "from 0 to 32"},
+		{input: "llq {\n client-prefix /64\n}", err: "prefix length"},
+		{input: "llq {\n client-prefix\n}", err: "Wrong argument count"},
+		{input: "llq {\n client-prefix 64 32 1\n}", err: "Wrong argument count"},
+
+		{input: "llq {\n handoff off\n}", check: func(c *config) bool { return !c.handoff }},
+		{input: "llq {\n handoff on\n}", check: func(c *config) bool { return c.handoff }},
+		{input: "llq {\n handoff\n}", err: "want on or off"},
+		{input: "llq {\n handoff no\n}", err: "want on or off"},
+
 		// Everything at once.
 		{input: `llq example.org {
 			listen :15352

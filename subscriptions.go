@@ -75,19 +75,21 @@ func (s *subscription) remaining(now time.Time) uint32 {
 }
 
 // table is the engine's state: LLQs by ID, topics by question, and the count
-// of LLQs per client address that the per-client limit needs. The engine's
-// mutex guards it.
+// of LLQs per client (see clientBits) that the per-client limit needs. The
+// engine's mutex guards it.
 type table struct {
 	subs      map[uint64]*subscription
 	topics    map[topicKey]*topic
-	perClient map[netip.Addr]int
+	perClient map[netip.Prefix]int
+	bits      clientBits // what perClient is keyed by
 }
 
-func newTable() table {
+func newTable(bits clientBits) table {
 	return table{
 		subs:      make(map[uint64]*subscription),
 		topics:    make(map[topicKey]*topic),
-		perClient: make(map[netip.Addr]int),
+		perClient: make(map[netip.Prefix]int),
+		bits:      bits,
 	}
 }
 
@@ -95,7 +97,7 @@ func newTable() table {
 func (t *table) add(s *subscription) {
 	t.subs[s.id] = s
 	s.topic.subs[s.id] = s
-	t.perClient[s.client.Addr()]++
+	t.perClient[t.bits.key(s.client.Addr())]++
 }
 
 // remove deletes s everywhere and drops its topic when s was the last
@@ -110,26 +112,37 @@ func (t *table) remove(s *subscription) bool {
 	if len(s.topic.subs) == 0 {
 		delete(t.topics, s.topic.key)
 	}
-	a := s.client.Addr()
-	if t.perClient[a] <= 1 {
-		delete(t.perClient, a)
-	} else {
-		t.perClient[a]--
-	}
+	t.uncount(s.client.Addr())
 	s.pending = nil
 	return true
+}
+
+func (t *table) uncount(a netip.Addr) {
+	k := t.bits.key(a)
+	if t.perClient[k] <= 1 {
+		delete(t.perClient, k)
+	} else {
+		t.perClient[k]--
+	}
 }
 
 // move changes the address events go to, keeping the per-client counts right.
 func (t *table) move(s *subscription, to netip.AddrPort) {
 	if s.client.Addr() != to.Addr() {
-		a := s.client.Addr()
-		if t.perClient[a] <= 1 {
-			delete(t.perClient, a)
-		} else {
-			t.perClient[a]--
-		}
-		t.perClient[to.Addr()]++
+		t.uncount(s.client.Addr())
+		t.perClient[t.bits.key(to.Addr())]++
 	}
 	s.client = to
+}
+
+// rekey recounts the LLQs per client when a reload changes what a client is.
+func (t *table) rekey(bits clientBits) {
+	if bits == t.bits {
+		return
+	}
+	t.bits = bits
+	clear(t.perClient)
+	for _, s := range t.subs {
+		t.perClient[bits.key(s.client.Addr())]++
+	}
 }
