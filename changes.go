@@ -7,6 +7,23 @@ import (
 	"github.com/miekg/dns"
 )
 
+// retryDelay is how long a topic whose re-resolution failed n times in a
+// row waits before it is asked again: a second, doubling with each failure,
+// at most the poll period (or a minute without polling).
+func retryDelay(n int, poll time.Duration) time.Duration {
+	ceiling := poll
+	if ceiling <= 0 {
+		ceiling = time.Minute
+	}
+	return min(backoff(time.Second, min(n-1, 16)), max(ceiling, time.Second))
+}
+
+// retryTopic queues the re-resolution of a topic whose last one failed.
+func (e *Engine) retryTopic(t *topic) {
+	name := t.key.name
+	e.changes.mark(change{trigger: "retry", zone: name, affects: func(n string) bool { return n == name }})
+}
+
 // change is what a trigger reports: something at or below zone may differ
 // now. Triggers never say what changed; the resolver finds out by asking the
 // chain, so subscribers always see what an ordinary query would.
@@ -144,16 +161,23 @@ func (c *changeQueue) update(w work) {
 	}
 	rrs, ok := resolve(w.b.handler, w.t.question, w.t.client)
 	resolutions.WithLabelValues(w.trigger).Inc()
-	if !ok {
-		return
-	}
-	next := newAnswerSet(rrs)
 	now := time.Now()
 	e.mu.Lock()
 	if e.t.topics[w.t.key] != w.t { // its last subscriber left meanwhile
 		e.mu.Unlock()
 		return
 	}
+	if !ok {
+		// No news: the last answers stand, and the topic is asked again
+		// later, sooner than the poll would, later after each failure.
+		resolveFailures.Inc()
+		w.t.failures++
+		e.sched.schedule(&w.t.retry, now.Add(retryDelay(w.t.failures, e.config().poll)))
+		e.mu.Unlock()
+		return
+	}
+	w.t.failures = 0
+	next := newAnswerSet(rrs)
 	added, removed := w.t.answers.diff(next)
 	if len(added) == 0 && len(removed) == 0 {
 		e.mu.Unlock()

@@ -266,7 +266,8 @@ func (e *Engine) establish(id uint64, q dns.Question, client netip.AddrPort, lea
 		// A change pass that ran while the answers were being resolved could
 		// not see this topic: re-resolve it, or that change is lost to it.
 		resync = resync || e.changes.passes != passes
-		t = &topic{key: key, question: q, zone: zone, answers: fresh, subs: make(map[uint64]*subscription, 1), client: client}
+		t = &topic{key: key, question: q, zone: zone, answers: fresh, subs: make(map[uint64]*subscription, 1), client: client, e: e}
+		t.retry.init(t)
 		e.t.topics[key] = t
 		topicsGauge.Inc()
 	}
@@ -322,6 +323,7 @@ func (e *Engine) drop(s *subscription) {
 		liveLLQs.Dec()
 		if len(s.topic.subs) == 0 {
 			topicsGauge.Dec()
+			e.sched.cancel(&s.topic.retry)
 		}
 	}
 }

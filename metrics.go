@@ -34,6 +34,7 @@ var (
 	limitRejections = counterVec("limit_rejections_total", "LLQ setups refused with SERV-FULL, by limit.", "limit")
 	triggerChanges  = counterVec("trigger_changes_total", "Change signals seen, by trigger.", "trigger")
 	resolutions     = counterVec("resolutions_total", "Topics re-resolved, by trigger.", "trigger")
+	resolveFailures = counter("resolution_failures_total", "Re-resolutions that gave no usable answer (SERVFAIL, timeout, truncation...) and left the answers as they were.")
 )
 
 func publishLimits(c *config) {

@@ -21,43 +21,73 @@ type backend struct {
 
 const resolveTimeout = 5 * time.Second
 
+// resolveBufSize is the EDNS0 size a re-resolution advertises: a plugin
+// that forwards passes it upstream, and an answer cut to 512 bytes would
+// look like records removed.
+const resolveBufSize = dns.DefaultMsgSize
+
 // resolve asks h for q as if client had asked. ok is false when the backend
-// could not answer (SERVFAIL, REFUSED, a timeout...): then the previous
-// answer set stands, so that a backend outage is not reported as every
-// record being removed.
+// gave no usable answer (SERVFAIL, REFUSED, a timeout, a truncated answer
+// even over TCP...): a failure is no news, so the previous answer set
+// stands, and an outage or a cut answer is never reported as records
+// removed. A truncated answer is asked again over TCP, which forward passes
+// on to its upstream.
 func resolve(h plugin.Handler, q dns.Question, client netip.AddrPort) (answers []dns.RR, ok bool) {
 	if h == nil {
 		return nil, false
 	}
-	m := new(dns.Msg)
-	m.Id = dns.Id()
-	m.RecursionDesired = true
-	m.Question = []dns.Question{q}
-	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
-	defer cancel()
-	w := &captureWriter{remote: client}
-	if _, err := h.ServeDNS(ctx, w, m); err != nil || w.msg == nil {
+	r := ask(h, q, client, false)
+	if r != nil && r.Truncated {
+		r = ask(h, q, client, true)
+	}
+	if r == nil || r.Truncated {
 		return nil, false
 	}
-	switch w.msg.Rcode {
+	switch r.Rcode {
 	case dns.RcodeSuccess, dns.RcodeNameError:
-		return w.msg.Answer, true
+		return r.Answer, true
 	}
 	return nil, false
 }
 
+// ask sends q through h once, over UDP or TCP as far as the plugins can
+// tell, and returns what they wrote, or nil.
+func ask(h plugin.Handler, q dns.Question, client netip.AddrPort, tcp bool) *dns.Msg {
+	m := new(dns.Msg)
+	m.Id = dns.Id()
+	m.RecursionDesired = true
+	m.Question = []dns.Question{q}
+	m.SetEdns0(resolveBufSize, false)
+	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
+	defer cancel()
+	w := &captureWriter{remote: client, tcp: tcp}
+	if _, err := h.ServeDNS(ctx, w, m); err != nil {
+		return nil
+	}
+	return w.msg
+}
+
 // captureWriter is the dns.ResponseWriter of a re-resolution: it keeps the
 // answer and presents the subscriber's address, which acl, view and autopath
-// look at.
+// look at, as a UDP or a TCP peer.
 type captureWriter struct {
 	remote netip.AddrPort
+	tcp    bool
 	msg    *dns.Msg
 }
 
 func (w *captureWriter) LocalAddr() net.Addr {
+	if w.tcp {
+		return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 53}
+	}
 	return &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 53}
 }
-func (w *captureWriter) RemoteAddr() net.Addr      { return net.UDPAddrFromAddrPort(w.remote) }
+func (w *captureWriter) RemoteAddr() net.Addr {
+	if w.tcp {
+		return net.TCPAddrFromAddrPort(w.remote)
+	}
+	return net.UDPAddrFromAddrPort(w.remote)
+}
 func (w *captureWriter) WriteMsg(m *dns.Msg) error { w.msg = m; return nil }
 func (w *captureWriter) Write(b []byte) (int, error) {
 	m := new(dns.Msg)

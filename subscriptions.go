@@ -29,6 +29,19 @@ type topic struct {
 	subs     map[uint64]*subscription
 	client   netip.AddrPort // presented to the backend when re-resolving
 	dirty    bool           // queued for re-resolution
+	failures int            // re-resolutions failed in a row
+	retry    timer          // asks again after a failed re-resolution; see fire
+	e        *Engine
+}
+
+// fire runs when a topic's retry is due.
+func (t *topic) fire() {
+	t.e.mu.Lock()
+	live := t.e.t.topics[t.key] == t
+	t.e.mu.Unlock()
+	if live {
+		t.e.retryTopic(t)
+	}
 }
 
 // records returns t's answers in a deterministic order. Every ACK carries
