@@ -19,6 +19,9 @@ const discoveryTTL = 60
 // synthesises.
 const targetLabel = "llq."
 
+// udpLabel is the empty non-terminal between the zone and the SRV record.
+const udpLabel = "_udp."
+
 // discovery answers the questions an unmodified client asks to find the
 // LLQ listener (RFC 8764 section 7): SRV _dns-llq._udp.ZONE and, for the
 // default target, its A and AAAA. The zone's own data wins: llq only fills
@@ -28,11 +31,17 @@ func (l *LLQ) discovery(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (
 	q := r.Question[0]
 	var apex string
 	switch {
-	case q.Qtype == dns.TypeSRV && hasPrefixFold(q.Name, wire.ServiceLabel):
+	case hasPrefixFold(q.Name, wire.ServiceLabel):
 		apex = strings.ToLower(q.Name[len(wire.ServiceLabel):])
-	case q.Qtype != dns.TypeSRV && l.cfg.srvTarget == "" && hasPrefixFold(q.Name, targetLabel):
+	case l.cfg.srvTarget == "" && hasPrefixFold(q.Name, targetLabel):
 		apex = strings.ToLower(q.Name[len(targetLabel):])
+	case hasPrefixFold(q.Name, udpLabel):
+		// The empty non-terminal above the SRV record.
+		apex = strings.ToLower(q.Name[len(udpLabel):])
 	default:
+		return 0, nil, false
+	}
+	if q.Qclass != dns.ClassINET {
 		return 0, nil, false
 	}
 	e := l.engine()
@@ -51,7 +60,8 @@ func (l *LLQ) discovery(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (
 		w.WriteMsg(own)
 		return rcode, err, true
 	}
-	if !l.isApex(ctx, w, apex) {
+	soa := l.apexSOA(ctx, w, apex)
+	if soa == nil {
 		if own != nil {
 			w.WriteMsg(own)
 			return rcode, err, true
@@ -67,8 +77,9 @@ func (l *LLQ) discovery(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (
 		target = targetLabel + apex
 	}
 	port := uint16(e.Addr().(*net.UDPAddr).Port)
-	switch q.Qtype {
-	case dns.TypeSRV:
+	_, service := strings.CutPrefix(strings.ToLower(q.Name), wire.ServiceLabel)
+	switch {
+	case service && q.Qtype == dns.TypeSRV:
 		m.Answer = []dns.RR{&dns.SRV{
 			Hdr:    dns.RR_Header{Name: q.Name, Rrtype: dns.TypeSRV, Class: dns.ClassINET, Ttl: discoveryTTL},
 			Target: target, Port: port,
@@ -77,8 +88,14 @@ func (l *LLQ) discovery(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (
 			m.Extra = address(target, dns.TypeA, listenerIP(e, w))
 			m.Extra = append(m.Extra, address(target, dns.TypeAAAA, listenerIP(e, w))...)
 		}
-	default:
+	case !service && strings.HasPrefix(strings.ToLower(q.Name), targetLabel) && l.cfg.srvTarget == "":
 		m.Answer = address(q.Name, q.Qtype, listenerIP(e, w))
+	}
+	if len(m.Answer) == 0 {
+		// The name exists, since llq answers for it: any other type, and
+		// the empty non-terminal _udp.ZONE, get NODATA, never NXDOMAIN,
+		// which a resolver would cache for the SRV record too (RFC 8020).
+		m.Ns = []dns.RR{soa}
 	}
 	w.WriteMsg(m)
 	return dns.RcodeSuccess, nil, true
@@ -116,22 +133,22 @@ func address(name string, qtype uint16, ip netip.Addr) []dns.RR {
 	return nil
 }
 
-// isApex asks the chain whether name has an SOA record: llq advertises
-// itself for zones, not for every name.
-func (l *LLQ) isApex(ctx context.Context, w dns.ResponseWriter, name string) bool {
+// apexSOA asks the chain for name's SOA record and returns it, or nil when
+// name is no zone apex: llq advertises itself for zones, not for every name.
+func (l *LLQ) apexSOA(ctx context.Context, w dns.ResponseWriter, name string) dns.RR {
 	m := new(dns.Msg)
 	m.SetQuestion(name, dns.TypeSOA)
 	nw := nonwriter.New(w)
 	plugin.NextOrFailure(l.Name(), l.Next, ctx, nw, m)
 	if nw.Msg == nil {
-		return false
+		return nil
 	}
 	for _, rr := range nw.Msg.Answer {
 		if rr.Header().Rrtype == dns.TypeSOA && strings.EqualFold(rr.Header().Name, name) {
-			return true
+			return rr
 		}
 	}
-	return false
+	return nil
 }
 
 func hasType(rrs []dns.RR, t uint16) bool {

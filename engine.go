@@ -176,6 +176,7 @@ func plainFQDN(s string) bool {
 type setupError struct {
 	code  uint16
 	lease uint32 // retry-after for SERV-FULL
+	limit bool   // a configured limit refused it (setups_total{result="serv-full"})
 }
 
 // admit checks the count limits for a new LLQ from addr. Call with e.mu held.
@@ -183,11 +184,11 @@ func (e *Engine) admit(addr netip.Addr) *setupError {
 	cfg := e.config()
 	if cfg.maxLLQs > 0 && len(e.t.subs) >= cfg.maxLLQs {
 		limitRejections.WithLabelValues("max-llqs").Inc()
-		return &setupError{code: wire.ServFull, lease: uint32(cfg.fullRetryAfter / time.Second)}
+		return &setupError{code: wire.ServFull, lease: uint32(cfg.fullRetryAfter / time.Second), limit: true}
 	}
 	if cfg.maxPerClient > 0 && e.t.perClient[e.t.bits.key(addr)] >= cfg.maxPerClient {
 		limitRejections.WithLabelValues("max-llqs-per-client").Inc()
-		return &setupError{code: wire.ServFull, lease: uint32(cfg.fullRetryAfter / time.Second)}
+		return &setupError{code: wire.ServFull, lease: uint32(cfg.fullRetryAfter / time.Second), limit: true}
 	}
 	return nil
 }
@@ -230,7 +231,7 @@ func (e *Engine) establish(id uint64, q dns.Question, client netip.AddrPort, lea
 	}
 	if ok, wait := e.limiter.allow(cfg.clientBits.key(client.Addr()), now, cfg.setupRate, cfg.setupBurst); !ok {
 		limitRejections.WithLabelValues("setup-rate").Inc()
-		return nil, 0, &setupError{code: wire.ServFull, lease: uint32(wait/time.Second) + 1}
+		return nil, 0, &setupError{code: wire.ServFull, lease: uint32(wait/time.Second) + 1, limit: true}
 	}
 
 	var fresh answerSet

@@ -40,9 +40,10 @@ func (l *LLQ) setEngine(e *Engine) {
 
 // ServeDNS implements plugin.Handler.
 func (l *LLQ) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
-	if len(r.Question) == 1 {
-		switch r.Question[0].Qtype {
-		case dns.TypeSRV, dns.TypeA, dns.TypeAAAA:
+	if len(r.Question) == 1 && len(r.Question[0].Name) > 0 {
+		// Every name llq synthesises starts with "_" or "l".
+		switch r.Question[0].Name[0] {
+		case '_', 'l', 'L':
 			if rcode, err, done := l.discovery(ctx, w, r); done {
 				return rcode, err
 			}

@@ -53,6 +53,12 @@ func (e *Engine) serve(b []byte, src netip.AddrPort, tcp bool) (packed []byte) {
 		reply.Rcode = dns.RcodeNotImplemented
 		return pack(reply)
 	}
+	if optCount(m) > 1 {
+		// RFC 6891 section 6.1.1: more than one OPT record is FORMERR.
+		reply.Rcode = dns.RcodeFormatError
+		errorsSent.WithLabelValues("FORMERR").Inc()
+		return pack(reply)
+	}
 	opt := m.IsEdns0()
 	opts := wire.Options(m)
 	if len(opts) == 0 {
@@ -82,6 +88,17 @@ func (e *Engine) serve(b []byte, src netip.AddrPort, tcp bool) (packed []byte) {
 		}
 		wire.SetOptions(reply, udpSize, out...)
 		return pack(reply)
+	}
+
+	for _, q := range m.Question {
+		if !servable(q) {
+			// CoreDNS's port refuses other classes, and a meta type has
+			// no answer to subscribe to. Refused before any challenge,
+			// so that no state and no challenge is spent on it.
+			reply.Rcode = dns.RcodeRefused
+			setups.WithLabelValues("refused").Inc()
+			return pack(reply)
+		}
 	}
 
 	clientSize := opt.UDPSize()
@@ -161,7 +178,8 @@ func (e *Engine) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.AddrPort, 
 		if id == 0 {
 			if !tcp {
 				if full != nil {
-					setups.WithLabelValues("serv-full").Inc()
+					// Counted in errors_total and limit_rejections_total
+					// only: no LLQ was about to be created.
 					return fail(full.code, full.lease)
 				}
 				setups.WithLabelValues("challenged").Inc()
@@ -174,7 +192,7 @@ func (e *Engine) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.AddrPort, 
 		}
 		answers, granted, err := e.establish(id, q, client, lease, udpSize, now)
 		if err != nil {
-			if err.code == wire.ServFull {
+			if err.limit {
 				setups.WithLabelValues("serv-full").Inc()
 			}
 			return fail(err.code, err.lease)
@@ -207,6 +225,31 @@ func (e *Engine) precheck(addr netip.Addr) *setupError {
 func (e *Engine) known(id uint64, addr netip.Addr) bool {
 	s, ok := e.t.subs[id]
 	return ok && s.client.Addr() == addr
+}
+
+// servable reports whether q may be subscribed to: class IN, and a type
+// that names data (RFC 6895 section 3.1: not 0, OPT, the meta and query
+// types 128-255, nor the reserved 65535).
+func servable(q dns.Question) bool {
+	if q.Qclass != dns.ClassINET {
+		return false
+	}
+	switch t := q.Qtype; {
+	case t == dns.TypeNone, t == dns.TypeOPT, t >= 128 && t <= 255, t == dns.TypeReserved:
+		return false
+	}
+	return true
+}
+
+// optCount counts the OPT records of m.
+func optCount(m *dns.Msg) int {
+	n := 0
+	for _, rr := range m.Extra {
+		if rr.Header().Rrtype == dns.TypeOPT {
+			n++
+		}
+	}
+	return n
 }
 
 func pack(m *dns.Msg) []byte {
