@@ -1,0 +1,69 @@
+// Package grpcresolver is a gRPC name resolver that learns answer changes
+// from the DNS server as they happen, instead of re-resolving now and then.
+//
+// Importing the package registers a resolver.Builder for the scheme "llq":
+//
+//	import _ "github.com/llqdns/llq/grpcresolver"
+//
+//	conn, err := grpc.NewClient("llq:///my-svc.my-ns.svc.cluster.local:8080",
+//		grpc.WithTransportCredentials(insecure.NewCredentials()),
+//		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`))
+//
+// # Targets
+//
+// A target is llq://[DNS-SERVER]/NAME[:PORT]:
+//
+//   - NAME is a fully qualified domain name; no search list applies, so in a
+//     Kubernetes pod give the whole name (my-svc.my-ns.svc.cluster.local).
+//   - PORT defaults to 443, as for gRPC's own dns scheme.
+//   - When NAME begins with two underscore labels (_grpc._tcp.my-svc...), it
+//     names an SRV service: the resolver watches its SRV records and the A
+//     and AAAA records of every SRV target, and each address gets its SRV
+//     record's port. Such a target takes no PORT.
+//   - DNS-SERVER (host:port, port 53 by default) is the DNS server used for
+//     discovery and polling; empty means the first nameserver in
+//     /etc/resolv.conf, which in a pod is the cluster DNS.
+//
+// Otherwise the resolver watches NAME's A and AAAA records. Every address
+// in the answers becomes one endpoint.
+//
+// # Push, and polling when there is none
+//
+// The resolver discovers the zone's push server through DNS-SERVER, the way
+// llq's client does (SOA, then SRV _dns-llq._udp.ZONE), subscribes to
+// every question it needs there with one Long-Lived Query (RFC 8764) each,
+// and hands gRPC a new resolver state as soon as an event changes an
+// answer set.
+//
+// When the zone advertises no push server, or the subscriptions are lost
+// (the server stops answering, forgets an LLQ, or a refresh fails), the
+// resolver queries DNS-SERVER every Options.PollInterval (30 s by default)
+// and tries push again: at once after a loss, then after
+// Options.PushRetryMin (1 s), doubling on every failure up to
+// Options.PushRetryMax (5 min), each wait jittered by up to a fifth. Once a
+// push setup succeeds it stops polling.
+//
+// gRPC calls ResolveNow when a connection fails. While polling, ResolveNow
+// queries at once; push is tried on its own schedule. While pushing, it
+// refreshes every subscription, which proves the server still holds them;
+// a failure drops to polling as above. ResolveNow calls closer together
+// than MinResolveNowInterval are merged into one.
+//
+// Errors (a failed poll, a bad target) reach gRPC through
+// ClientConn.ReportError, which keeps the last good addresses in use. An
+// empty answer set is a state with no endpoints, which fails RPCs until an
+// address appears: the name exists without servers, or not at all.
+//
+// # Not provided
+//
+// Service config from TXT records (gRPC's _grpc_config.NAME) is out of
+// scope: the resolver never sets ServiceConfig, so a channel uses the one
+// given with grpc.WithDefaultServiceConfig. Nor does it return grpclb
+// balancer addresses.
+//
+// DNS Push (RFC 8765) is not spoken yet: llq's client does not have it.
+// The resolver reaches the push server through a small internal interface
+// (pushSource) so that DNS Push can be tried before LLQ once it does.
+//
+// The package depends on grpc-go; llq's CoreDNS plugin does not import it.
+package grpcresolver
