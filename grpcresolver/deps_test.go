@@ -2,6 +2,7 @@ package grpcresolver
 
 import (
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -17,10 +18,12 @@ func TestPluginDoesNotLinkResolver(t *testing.T) {
 	if err != nil {
 		t.Fatalf("go list -deps: %v\n%s", err, out)
 	}
-	for _, p := range strings.Fields(string(out)) {
-		if p == self {
-			t.Errorf("the plugin or cmd/coredns depends on %s", self)
-		}
+	deps := strings.Fields(string(out))
+	if !slices.Contains(deps, "github.com/llqdns/llq/wire") {
+		t.Fatalf("go list -deps did not list the plugin's own packages:\n%s", out)
+	}
+	if slices.Contains(deps, self) {
+		t.Errorf("the plugin or cmd/coredns depends on %s", self)
 	}
 	out, err = exec.Command("go", "list", "-f", `{{join .Imports "\n"}}`, "github.com/llqdns/llq").CombinedOutput()
 	if err != nil {
