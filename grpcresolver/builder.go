@@ -49,6 +49,16 @@ type Options struct {
 	// PushRetryMax. Defaults 1 s and 5 min.
 	PushRetryMin, PushRetryMax time.Duration
 
+	// Proto chooses the push protocol: client.ProtoAuto (the zero value)
+	// uses DNS Push when the zone advertises it (_dns-push-tls._tcp) and
+	// the server takes a session, else LLQ; client.ProtoPush and
+	// client.ProtoLLQ use only the one.
+	Proto client.Proto
+
+	// Push configures DNS Push sessions: TLS roots (CAFile), keepalive.
+	// ServerName defaults to the SRV target found by discovery.
+	Push client.PushOptions
+
 	// Client configures the LLQ client (lease, retransmission interval,
 	// ...). OnEvent is the resolver's own.
 	Client client.Options
@@ -71,6 +81,7 @@ func (o *Options) setDefaults() {
 	// event, so it needs no backlog of events.
 	o.Client.EventBuffer = 1
 	o.Client.OnEvent = nil
+	o.Push.EventBuffer = 1
 }
 
 // Builder builds resolvers for targets of its scheme.

@@ -30,29 +30,33 @@
 // # Push, and polling when there is none
 //
 // The resolver discovers the zone's push server through DNS-SERVER, the way
-// llq's client does (SOA, then SRV _dns-llq._udp.ZONE), subscribes to
-// every question it needs there with one Long-Lived Query (RFC 8764) each,
-// and hands gRPC a new resolver state as soon as an event changes an
-// answer set.
+// llq's client does: the zone by SOA queries, then SRV
+// _dns-push-tls._tcp.ZONE for DNS Push (RFC 8765, over TLS) and, when the
+// zone advertises none or it does not take a session, SRV _dns-llq._udp.ZONE
+// for LLQ (RFC 8764). Options.Proto can insist on one. It subscribes to
+// every question it needs there, on one session or one LLQ socket, and
+// hands gRPC a new resolver state as soon as a change arrives.
 //
 // When the zone advertises no push server, or the subscriptions are lost
-// (the server stops answering, forgets an LLQ, or a refresh fails), the
-// resolver queries DNS-SERVER every Options.PollInterval (30 s by default)
-// and tries push again: at once after a loss, then after
-// Options.PushRetryMin (1 s), doubling on every failure up to
-// Options.PushRetryMax (5 min), each wait jittered by up to a fifth. Once a
-// push setup succeeds it stops polling.
+// (a DNS Push session closes; an LLQ server stops answering, forgets an LLQ
+// or fails a refresh), the resolver queries DNS-SERVER every
+// Options.PollInterval (30 s by default) and tries push again: at once
+// after a loss, then after Options.PushRetryMin (1 s), doubling on every
+// failure up to Options.PushRetryMax (5 min), each wait jittered by up to
+// a fifth. Once a push setup succeeds it stops polling.
 //
 // gRPC calls ResolveNow when a connection fails. While polling, ResolveNow
 // queries at once; push is tried on its own schedule. While pushing, it
-// refreshes every subscription, which proves the server still holds them;
-// a failure drops to polling as above. ResolveNow calls closer together
-// than MinResolveNowInterval are merged into one.
+// asks the server whether it still holds the subscriptions (a DSO
+// Keepalive, or an LLQ refresh of each); a failure drops to polling as
+// above. ResolveNow calls closer together than MinResolveNowInterval are
+// merged into one.
 //
-// Errors (a failed poll, a bad target) reach gRPC through
-// ClientConn.ReportError, which keeps the last good addresses in use. An
-// empty answer set is a state with no endpoints, which fails RPCs until an
-// address appears: the name exists without servers, or not at all.
+// A target that does not parse fails Build. A failed poll reaches gRPC
+// through ClientConn.ReportError, which keeps the last good addresses in
+// use; nothing panics. An empty answer set is a state with no endpoints,
+// which fails RPCs until an address appears: the name exists without
+// servers, or not at all.
 //
 // # Not provided
 //
@@ -60,10 +64,6 @@
 // scope: the resolver never sets ServiceConfig, so a channel uses the one
 // given with grpc.WithDefaultServiceConfig. Nor does it return grpclb
 // balancer addresses.
-//
-// DNS Push (RFC 8765) is not spoken yet: llq's client does not have it.
-// The resolver reaches the push server through a small internal interface
-// (pushSource) so that DNS Push can be tried before LLQ once it does.
 //
 // The package depends on grpc-go; llq's CoreDNS plugin does not import it.
 package grpcresolver

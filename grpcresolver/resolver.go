@@ -123,7 +123,7 @@ func jitter(d time.Duration) time.Duration {
 func (r *llqResolver) push() (established bool, err error) {
 	setup, cancel := context.WithTimeout(r.ctx, setupTimeout)
 	defer cancel()
-	src, err := dialPush(setup, r.server, r.target.name, r.opts.Client)
+	src, err := dialPush(setup, r.server, r.target.name, r.opts)
 	if err != nil {
 		return false, err
 	}

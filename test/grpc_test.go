@@ -464,3 +464,18 @@ func TestGRPCResolverSRV(t *testing.T) {
 	f := runScenario(t, fmt.Sprintf("llq://%s/_grpc._tcp.svc.example.org", s.dns), fileSRVZone(s, port), bs)
 	logFigures(t, "llq, file zone, SRV", f)
 }
+
+// TestGRPCResolverPushDown: the zone advertises a DNS Push server that is
+// not there; the resolver sets up LLQ instead, and changes arrive by it
+// (the default 30 s poll would be too late for eventually).
+func TestGRPCResolverPushDown(t *testing.T) {
+	port, bs := startBackends(t, 2)
+	push := fmt.Sprintf("_dns-push-tls._tcp IN SRV 0 0 %d ns1.example.org.", freePort(t))
+	s := startServer(t, "", push, "svc IN A "+bs[0].ip)
+	subs := counter(t, "subscriptions")
+	startCaller(t, fmt.Sprintf("llq://%s/svc.example.org:%d", s.dns, port))
+	eventually(t, "calls to the first backend", func() bool { return bs[0].calls.Load() > 0 })
+	eventually(t, "the resolver's two LLQs", func() bool { return subs() == 2 })
+	s.setRecords(push, "svc IN A "+bs[1].ip)
+	eventually(t, "calls to the second backend", func() bool { return bs[1].calls.Load() > 0 })
+}
