@@ -168,17 +168,7 @@ func DialPush(ctx context.Context, server netip.AddrPort, opts PushOptions) (*Pu
 		raw.Close()
 		return nil, fmt.Errorf("llq: TLS with %s: %w", server, err)
 	}
-	c := &PushClient{
-		conn:      conn,
-		server:    server,
-		opts:      opts,
-		done:      make(chan struct{}),
-		pending:   make(map[uint16]*pushRequest),
-		subs:      make(map[uint16]*PushSubscription),
-		keepalive: dso.Keepalive{Inactivity: uint32(dso.DefaultTimeout / time.Millisecond), Interval: uint32(dso.DefaultTimeout / time.Millisecond)},
-	}
-	go c.read()
-
+	c := newPushClient(conn, server, opts)
 	want := dso.Keepalive{Inactivity: dso.Millis(opts.Inactivity), Interval: dso.Millis(opts.Keepalive)}
 	r, err := c.request(ctx, dso.TypeKeepalive, nil, func(b *dso.Builder) error { b.Keepalive(want); return nil })
 	if err != nil {
@@ -193,6 +183,22 @@ func DialPush(ctx context.Context, server netip.AddrPort, opts PushOptions) (*Pu
 		return nil, err
 	}
 	return c, nil
+}
+
+// newPushClient starts a session's reader on conn; the session is not
+// established until a request has drawn a NOERROR response.
+func newPushClient(conn net.Conn, server netip.AddrPort, opts PushOptions) *PushClient {
+	c := &PushClient{
+		conn:      conn,
+		server:    server,
+		opts:      opts,
+		done:      make(chan struct{}),
+		pending:   make(map[uint16]*pushRequest),
+		subs:      make(map[uint16]*PushSubscription),
+		keepalive: dso.Keepalive{Inactivity: uint32(dso.DefaultTimeout / time.Millisecond), Interval: uint32(dso.DefaultTimeout / time.Millisecond)},
+	}
+	go c.read()
+	return c
 }
 
 // Server returns the address of the session's server.
@@ -543,6 +549,20 @@ func (c *PushClient) response(m dso.Message) error {
 	if req == nil {
 		return fmt.Errorf("llq: %s sent a response to no request (ID %d): %w", c.server, m.ID, ErrProtocol)
 	}
+	r, err := c.responseTo(req, m)
+	if err != nil {
+		// Fatal: the session ends, and the request, no longer pending,
+		// learns it here.
+		r = pushResponse{err: err}
+	}
+	if req.done != nil {
+		req.done <- r
+	}
+	return err
+}
+
+// responseTo reads the response m to req and acts on it.
+func (c *PushClient) responseTo(req *pushRequest, m dso.Message) (pushResponse, error) {
 	r := pushResponse{rcode: m.Rcode}
 	for it := m.TLVs(); ; {
 		t, ok := it.Next()
@@ -552,12 +572,12 @@ func (c *PushClient) response(m dso.Message) error {
 		switch t.Type {
 		case dso.TypePush, dso.TypeSubscribe, dso.TypeUnsubscribe, dso.TypeReconfirm:
 			if t.Type != req.typ {
-				return fmt.Errorf("llq: %s sent %s in a response: %w", c.server, dso.TypeName(t.Type), ErrProtocol)
+				return r, fmt.Errorf("llq: %s sent %s in a response: %w", c.server, dso.TypeName(t.Type), ErrProtocol)
 			}
 		case dso.TypeRetryDelay:
 			ms, err := dso.ParseRetryDelay(t)
 			if err != nil {
-				return fmt.Errorf("llq: %s: %w: %w", c.server, ErrProtocol, err)
+				return r, fmt.Errorf("llq: %s: %w: %w", c.server, ErrProtocol, err)
 			}
 			r.retry = &ms
 		case dso.TypeKeepalive:
@@ -566,10 +586,10 @@ func (c *PushClient) response(m dso.Message) error {
 			}
 			k, err := dso.ParseKeepalive(t)
 			if err != nil {
-				return fmt.Errorf("llq: %s: %w: %w", c.server, ErrProtocol, err)
+				return r, fmt.Errorf("llq: %s: %w: %w", c.server, ErrProtocol, err)
 			}
 			if err := c.setKeepalive(k); err != nil {
-				return err
+				return r, err
 			}
 			c.mu.Lock()
 			c.kaWaiting = false
@@ -580,12 +600,12 @@ func (c *PushClient) response(m dso.Message) error {
 	case dso.TypeKeepalive:
 		if m.Rcode == dns.RcodeSuccess {
 			if p, ok := m.Primary(); !ok || p.Type != dso.TypeKeepalive {
-				return fmt.Errorf("llq: %s answered a Keepalive request without Keepalive values: %w", c.server, ErrProtocol)
+				return r, fmt.Errorf("llq: %s answered a Keepalive request without Keepalive values: %w", c.server, ErrProtocol)
 			}
 		}
 		if m.Rcode == dso.RcodeDSOTypeNI {
 			// Keepalive is mandatory to implement.
-			return fmt.Errorf("llq: %s answered Keepalive with DSOTYPENI: %w", c.server, ErrProtocol)
+			return r, fmt.Errorf("llq: %s answered Keepalive with DSOTYPENI: %w", c.server, ErrProtocol)
 		}
 	case dso.TypeSubscribe:
 		// A SUBSCRIBE abandoned before its response has no sub any more:
@@ -598,10 +618,7 @@ func (c *PushClient) response(m dso.Message) error {
 			}
 		}
 	}
-	if req.done != nil {
-		req.done <- r
-	}
-	return nil
+	return r, nil
 }
 
 // setKeepalive installs the server's keepalive values. An interval under
