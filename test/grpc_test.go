@@ -479,3 +479,52 @@ func TestGRPCResolverPushDown(t *testing.T) {
 	s.setRecords(push, "svc IN A "+bs[1].ip)
 	eventually(t, "calls to the second backend", func() bool { return bs[1].calls.Load() > 0 })
 }
+
+// TestGRPCResolverResolveNowPush: while LLQ is live and its lease far off,
+// only a ResolveNow can reveal that the server has gone: the resolver
+// refreshes its LLQs, gets no reply, and falls back to a poll, which
+// finds the zone's change.
+func TestGRPCResolverResolveNowPush(t *testing.T) {
+	port, bs := startBackends(t, 2)
+	s, plain, withLLQ := plainServer(t)
+	s.restart(withLLQ)
+	set := fileZone(s)
+	set(bs[0].ip)
+	b := grpcresolver.NewBuilder(grpcresolver.Options{
+		Scheme:       "llqnowpush",
+		PollInterval: time.Hour,
+		Client:       client.Options{RetryInterval: 100 * time.Millisecond},
+	})
+	subs := counter(t, "subscriptions")
+	startCaller(t, fmt.Sprintf("llqnowpush://%s/svc.example.org:%d", s.dns, port), grpc.WithResolvers(b))
+	eventually(t, "calls to the first backend", func() bool { return bs[0].calls.Load() > 0 })
+	eventually(t, "the resolver's two LLQs", func() bool { return subs() == 2 })
+
+	s.restart(plain) // the LLQs are gone with the listener
+	set(bs[1].ip)
+	zoneLists(t, s, bs[1].ip)
+	bs[0].srv.Stop() // its connection fails: gRPC calls ResolveNow
+	eventually(t, "calls to the second backend", func() bool { return bs[1].calls.Load() > 0 })
+}
+
+// TestGRPCResolverReportsErrors: a DNS server that does not answer makes
+// calls fail with the resolver's error, reported through gRPC.
+func TestGRPCResolverReportsErrors(t *testing.T) {
+	dead := freePort(t)
+	b := grpcresolver.NewBuilder(grpcresolver.Options{Scheme: "llqerr", PushRetryMin: time.Hour})
+	conn, err := grpc.NewClient(fmt.Sprintf("llqerr://127.0.0.1:%d/svc.example.org:80", dead),
+		grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithResolvers(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	hc := healthpb.NewHealthClient(conn)
+	var last error
+	eventually(t, "a call to fail with the resolver's error", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, last = hc.Check(ctx, &healthpb.HealthCheckRequest{})
+		return last != nil && strings.Contains(last.Error(), fmt.Sprintf("127.0.0.1:%d", dead))
+	})
+	t.Logf("call failed with: %v", last)
+}
