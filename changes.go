@@ -2,6 +2,7 @@ package llq
 
 import (
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/miekg/dns"
@@ -54,9 +55,11 @@ func (ch change) reaches(t *topic) bool {
 	return false
 }
 
-// changeQueue debounces changes and re-resolves the affected topics on one
-// worker goroutine, so that work scales with what changed and a burst of
-// signals costs one pass.
+// changeQueue debounces changes and re-resolves the affected topics, so
+// that work scales with what changed and a burst of signals costs one pass.
+// A pass only finds the topics; each backend re-resolves its own, up to
+// resolveParallel at a time, so that a slow backend (a forward waiting on
+// its upstream) delays neither the other backends nor the next pass.
 type changeQueue struct {
 	e       *Engine
 	pending []change
@@ -66,13 +69,31 @@ type changeQueue struct {
 	kick    chan struct{}
 	quit    chan struct{}
 	done    chan struct{}
+	queues  map[*backend]*resolveQueue // guarded by e.mu
+	running sync.WaitGroup             // resolving goroutines
 }
+
+// resolveQueue is one backend's topics waiting to be re-resolved.
+type resolveQueue struct {
+	todo   []work
+	active int // goroutines working through todo
+}
+
+// resolveParallel bounds the re-resolutions in flight per backend: enough
+// to keep one slow question from holding up the rest of its zone, few
+// enough not to flood an upstream.
+const resolveParallel = 8
+
+// scanChunk is how many topics a pass matches per hold of the engine lock,
+// which every ack and setup needs meanwhile.
+const scanChunk = 1024
 
 // maxDelayFactor caps the debounce under a steady stream of signals.
 const maxDelayFactor = 10
 
 func newChangeQueue(e *Engine) *changeQueue {
-	c := &changeQueue{e: e, kick: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
+	c := &changeQueue{e: e, kick: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{}),
+		queues: make(map[*backend]*resolveQueue)}
 	c.flush = newTimer(func() {
 		select {
 		case c.kick <- struct{}{}:
@@ -105,6 +126,7 @@ func (c *changeQueue) mark(ch change) {
 func (c *changeQueue) close() {
 	close(c.quit)
 	<-c.done
+	c.running.Wait()
 }
 
 func (c *changeQueue) run() {
@@ -125,32 +147,99 @@ type work struct {
 	b       *backend
 }
 
-// process re-resolves every topic the pending changes touch.
+// process finds every topic the pending changes touch and queues it with
+// its backend.
 func (c *changeQueue) process() {
 	e := c.e
 	e.mu.Lock()
 	pending := c.pending
 	c.pending = nil
 	c.passes++
-	var todo []work
+	topics := make([]*topic, 0, len(e.t.topics))
 	for _, t := range e.t.topics {
-		for _, ch := range pending {
-			if !subDomain(ch.zone, t.key.name) || !ch.reaches(t) {
-				continue
-			}
-			if ch.uncovered && e.watch.covers(t.key.name) {
-				continue
-			}
-			b, _ := e.backendFor(t.key.name)
-			todo = append(todo, work{t, ch.trigger, b})
-			break
-		}
+		topics = append(topics, t)
 	}
 	e.mu.Unlock()
 
-	for _, w := range todo {
-		c.update(w)
+	for len(topics) > 0 {
+		chunk := topics[:min(len(topics), scanChunk)]
+		topics = topics[len(chunk):]
+		e.mu.Lock()
+		for _, t := range chunk {
+			if e.t.topics[t.key] != t { // its last subscriber left meanwhile
+				continue
+			}
+			for _, ch := range pending {
+				if !subDomain(ch.zone, t.key.name) || !ch.reaches(t) {
+					continue
+				}
+				if ch.uncovered && e.watch.covers(t.key.name) {
+					continue
+				}
+				if b, _ := e.backendFor(t.key.name); b != nil {
+					c.queue(work{t, ch.trigger, b})
+				}
+				break
+			}
+		}
+		e.mu.Unlock()
 	}
+}
+
+// queue hands w to its backend's queue, unless its topic is queued or being
+// resolved already; then the topic is resolved once more when that ends,
+// since the answer under way may predate the change. Call with e.mu held.
+func (c *changeQueue) queue(w work) {
+	t := w.t
+	if t.resolving {
+		t.again = true
+		return
+	}
+	t.resolving = true
+	q := c.queues[w.b]
+	if q == nil {
+		q = &resolveQueue{}
+		c.queues[w.b] = q
+	}
+	q.todo = append(q.todo, w)
+	if q.active < resolveParallel {
+		q.active++
+		c.running.Add(1)
+		go c.resolveAll(w.b, q)
+	}
+}
+
+// resolveAll works through q until it is empty.
+func (c *changeQueue) resolveAll(b *backend, q *resolveQueue) {
+	defer c.running.Done()
+	e := c.e
+	e.mu.Lock()
+	for len(q.todo) > 0 {
+		select {
+		case <-c.quit:
+			q.todo = nil
+			continue
+		default:
+		}
+		w := q.todo[0]
+		q.todo[0] = work{}
+		q.todo = q.todo[1:]
+		e.mu.Unlock()
+		c.update(w)
+		e.mu.Lock()
+		w.t.resolving = false
+		if w.t.again {
+			w.t.again = false
+			if e.t.topics[w.t.key] == w.t {
+				c.queue(w)
+			}
+		}
+	}
+	q.active--
+	if q.active == 0 {
+		delete(c.queues, b)
+	}
+	e.mu.Unlock()
 }
 
 // update re-resolves one topic and tells its subscribers what changed.
@@ -159,7 +248,7 @@ func (c *changeQueue) update(w work) {
 	if w.b == nil {
 		return
 	}
-	rrs, ok := resolve(w.b.handler, w.t.question, w.t.client)
+	rrs, ok := w.b.lookup(w.t.question, w.t.client)
 	resolutions.WithLabelValues(w.trigger).Inc()
 	now := time.Now()
 	e.mu.Lock()

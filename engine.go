@@ -237,7 +237,7 @@ func (e *Engine) establish(id uint64, q dns.Question, client netip.AddrPort, lea
 	var fresh answerSet
 	if t == nil {
 		// Resolve outside the lock: a backend such as etcd may take a while.
-		rrs, ok := resolve(b.handler, q, client)
+		rrs, ok := b.lookup(q, client)
 		if !ok {
 			return nil, 0, &setupError{code: wire.UnknownErr}
 		}

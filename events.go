@@ -36,6 +36,11 @@ type event struct {
 	// settled is set once the event, acknowledged while other transmissions
 	// of it were still unanswered, has been scheduled for a last restatement.
 	settled bool
+	// own is set, under e.mu, once retry has been armed: from then on the
+	// event's own timer drives it and its change's retryRound leaves it
+	// alone. (retry.index cannot tell: the scheduler moves it holding
+	// only its own lock.)
+	own bool
 }
 
 // fire runs when ev's retransmission timer is due.
@@ -161,6 +166,7 @@ func (e *Engine) track(ev *event, adds []bool, now time.Time, arm bool) uint16 {
 	ev.live = id
 	ev.answered = false
 	if arm {
+		ev.own = true
 		e.sched.schedule(&ev.retry, now.Add(backoff(cfg.retransmit, ev.tries)))
 	}
 	return id
@@ -253,7 +259,7 @@ func (r *retryRound) fire() {
 	var ds []delivery
 	e.mu.Lock()
 	for _, ev := range r.events {
-		if ev.retry.index >= 0 { // on a timer of its own by now
+		if ev.own { // on a timer of its own by now
 			continue
 		}
 		if d, ok := e.retransmitLocked(ev, now); ok {
@@ -420,6 +426,7 @@ func (e *Engine) acknowledge(msgID uint16, llqID uint64, src netip.AddrPort) {
 			ev.settled = true
 			wait := backoff(e.config().retransmit, ev.tries+1)
 			ev.tries = 0
+			ev.own = true
 			e.sched.schedule(&ev.retry, now.Add(wait))
 		} else {
 			ev.answered = true

@@ -28,9 +28,12 @@ type listener struct {
 	tcp   *net.TCPListener
 	gate  *connGate
 	stop  chan struct{} // closed by close
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	open  map[net.Conn]struct{}
+	// asides holds a token per challenge response being served off the
+	// readers (see setupAside).
+	asides chan struct{}
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	open   map[net.Conn]struct{}
 }
 
 func listen(addr string, e *Engine) (*listener, error) {
@@ -44,7 +47,7 @@ func listen(addr string, e *Engine) (*listener, error) {
 	}
 	_ = udp.SetReadBuffer(4 << 20)
 	_ = udp.SetWriteBuffer(4 << 20)
-	l := &listener{e: e, udp: udp, tcp: tcp, gate: newConnGate(), stop: make(chan struct{}), open: make(map[net.Conn]struct{})}
+	l := &listener{e: e, udp: udp, tcp: tcp, gate: newConnGate(), stop: make(chan struct{}), asides: make(chan struct{}, maxSetupsAside), open: make(map[net.Conn]struct{})}
 	// Go opens an AF_INET socket only for a specific IPv4 address; a
 	// wildcard, even 0.0.0.0, gets a dual-stack AF_INET6 one, whose local
 	// address then reads [::].
@@ -171,10 +174,12 @@ func (l *listener) serveUDP() {
 			src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 			b := m.Buffers[0][:m.N]
 			var reply []byte
-			if m.N >= readSlot { // maybe cut short: MSG_TRUNC is not portable
-
+			switch {
+			case m.N >= readSlot: // maybe cut short: MSG_TRUNC is not portable
 				reply = formErrHeader(b)
-			} else {
+			case challengeResponse(b):
+				l.setupAside(b, src)
+			default:
 				reply = l.e.serve(b, src, false)
 			}
 			if reply != nil {
@@ -182,6 +187,50 @@ func (l *listener) serveUDP() {
 			}
 		}
 	}
+}
+
+// A challenge response may create a topic, whose first resolution asks the
+// backend and may take as long as the backend does (a forward to a slow
+// upstream: seconds). On a reader it would hold up every ack and refresh
+// behind it, events would be retransmitted and healthy LLQs dropped as
+// silent; so it runs on a goroutine of its own, at most maxSetupsAside at
+// once. Past that the response is dropped, and the client, which resends an
+// unanswered challenge response, tries again.
+const maxSetupsAside = 64
+
+var setupsDropped = counter("setups_dropped_total",
+	"Challenge responses dropped because maxSetupsAside setups were being resolved already.")
+
+// challengeResponse reports whether b is a request with an LLQ setup option
+// carrying an ID: the second half of the UDP handshake. Acks (responses)
+// are told apart on their first bytes.
+func challengeResponse(b []byte) bool {
+	if len(b) < 12 || b[2]&0x80 != 0 {
+		return false
+	}
+	found := false
+	wire.Scan(b, nil, func(o dns.EDNS0_LLQ) {
+		found = found || o.Opcode == wire.OpSetup && o.Id != 0
+	})
+	return found
+}
+
+// setupAside serves a challenge response off the reader.
+func (l *listener) setupAside(b []byte, src netip.AddrPort) {
+	select {
+	case l.asides <- struct{}{}:
+	default:
+		setupsDropped.Inc()
+		return
+	}
+	b = slices.Clone(b) // the reader's buffer is reused
+	l.wg.Add(1)
+	go func() {
+		defer func() { <-l.asides; l.wg.Done() }()
+		if reply := l.e.serve(b, src, false); reply != nil {
+			l.writeTo(reply, src)
+		}
+	}()
 }
 
 func (l *listener) serveTCP() {

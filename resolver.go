@@ -17,6 +17,25 @@ type backend struct {
 	owner   *LLQ // the plugin instance that registered it
 	zones   []string
 	handler plugin.Handler
+	// started, when set, is closed once every plugin of the owner's CoreDNS
+	// instance has started. The plugins below llq start after it
+	// (kubernetes learns its addresses then), and llq must not ask them
+	// before. A reload registers the new backend at once, so that nothing
+	// is lost between the old instance's end and the new one's start:
+	// questions for it wait.
+	started chan struct{}
+}
+
+// lookup resolves q through b, as if client had asked.
+func (b *backend) lookup(q dns.Question, client netip.AddrPort) ([]dns.RR, bool) {
+	if b.started != nil {
+		select {
+		case <-b.started:
+		case <-time.After(resolveTimeout):
+			return nil, false
+		}
+	}
+	return resolve(b.handler, q, client)
 }
 
 const resolveTimeout = 5 * time.Second

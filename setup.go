@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/coredns/caddy"
@@ -15,7 +16,36 @@ import (
 
 var log = clog.NewWithPlugin("llq")
 
-func init() { plugin.Register("llq", setup) }
+func init() {
+	plugin.Register("llq", setup)
+	caddy.RegisterEventHook("llq", startupComplete)
+}
+
+// afterStartups is the key, in a caddy instance's storage, of what llq runs
+// once every plugin of the instance has started.
+type afterStartups struct{}
+
+// afterStartup runs f once the instance c belongs to has run every plugin's
+// startup and serves.
+func afterStartup(c *caddy.Controller, f func()) {
+	fs, _ := c.Get(afterStartups{}).([]func())
+	c.Set(afterStartups{}, append(fs, f))
+}
+
+func startupComplete(ev caddy.EventName, info any) error {
+	inst, ok := info.(*caddy.Instance)
+	if ev != caddy.InstanceStartupEvent || !ok {
+		return nil
+	}
+	inst.StorageMu.Lock()
+	fs, _ := inst.Storage[afterStartups{}].([]func())
+	delete(inst.Storage, afterStartups{})
+	inst.StorageMu.Unlock()
+	for _, f := range fs {
+		f()
+	}
+	return nil
+}
 
 func setup(c *caddy.Controller) error {
 	zones, cfg, err := parse(c)
@@ -31,7 +61,9 @@ func setup(c *caddy.Controller) error {
 			return plugin.Error("llq", err)
 		}
 		l.setEngine(e)
-		e.register(&backend{owner: l, zones: zones, handler: below(conf, l)})
+		started := make(chan struct{})
+		afterStartup(c, sync.OnceFunc(func() { close(started) }))
+		e.register(&backend{owner: l, zones: zones, handler: below(conf, l), started: started})
 		e.watch.add(probes(conf, l, e)...)
 		log.Infof("LLQ listener on %s for %v", e.Addr(), zones)
 		return nil

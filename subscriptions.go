@@ -28,10 +28,12 @@ type topic struct {
 	sorted   []dns.RR     // answers in order, built on demand; nil when not yet built
 	subs     map[uint64]*subscription
 	client   netip.AddrPort // presented to the backend when re-resolving
-	dirty    bool           // queued for re-resolution
-	failures int            // re-resolutions failed in a row
-	retry    timer          // asks again after a failed re-resolution; see fire
-	e        *Engine
+	// resolving is set while the topic waits for or undergoes a
+	// re-resolution, again when a change came meanwhile; see changeQueue.
+	resolving, again bool
+	failures         int   // re-resolutions failed in a row
+	retry            timer // asks again after a failed re-resolution; see fire
+	e                *Engine
 }
 
 // fire runs when a topic's retry is due.
