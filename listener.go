@@ -177,7 +177,7 @@ func (l *listener) serveUDP() {
 			switch {
 			case m.N >= readSlot: // maybe cut short: MSG_TRUNC is not portable
 				reply = formErrHeader(b)
-			case challengeResponse(b):
+			case challengeResponse(b) && !l.e.topicsExist(b):
 				l.setupAside(b, src)
 			default:
 				reply = l.e.serve(b, src, false)
@@ -193,8 +193,8 @@ func (l *listener) serveUDP() {
 // backend and may take as long as the backend does (a forward to a slow
 // upstream: seconds). On a reader it would hold up every ack and refresh
 // behind it, events would be retransmitted and healthy LLQs dropped as
-// silent; so it runs on a goroutine of its own, at most maxSetupsAside at
-// once. Past that the response is dropped, and the client, which resends an
+// silent; so, unless every question it asks is a topic already, it runs
+// on a goroutine of its own, at most maxSetupsAside at once. Past that the response is dropped, and the client, which resends an
 // unanswered challenge response, tries again.
 const maxSetupsAside = 64
 
@@ -213,6 +213,32 @@ func challengeResponse(b []byte) bool {
 		found = found || o.Opcode == wire.OpSetup && o.Id != 0
 	})
 	return found
+}
+
+// topicsExist reports whether every question of b is a topic already, so
+// that a challenge response for it resolves nothing and can stay on the
+// reader.
+func (e *Engine) topicsExist(b []byte) bool {
+	n := int(binary.BigEndian.Uint16(b[4:]))
+	off := 12
+	keys := make([]topicKey, 0, 1)
+	for range n {
+		name, next, err := dns.UnpackDomainName(b, off)
+		if err != nil || next+4 > len(b) {
+			return false
+		}
+		q := dns.Question{Name: name, Qtype: binary.BigEndian.Uint16(b[next:]), Qclass: binary.BigEndian.Uint16(b[next+2:])}
+		keys = append(keys, keyOf(q))
+		off = next + 4
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, k := range keys {
+		if e.t.topics[k] == nil {
+			return false
+		}
+	}
+	return true
 }
 
 // setupAside serves a challenge response off the reader.
