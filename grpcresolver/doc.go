@@ -19,7 +19,9 @@
 //   - When NAME begins with two underscore labels (_grpc._tcp.my-svc...), it
 //     names an SRV service: the resolver watches its SRV records and the A
 //     and AAAA records of every SRV target, and each address gets its SRV
-//     record's port. Such a target takes no PORT.
+//     record's port. Such a target takes no PORT. The targets must be in a
+//     zone the same push server serves (they are in Kubernetes); if the
+//     server refuses one, the resolver polls instead.
 //   - DNS-SERVER (host:port, port 53 by default) is the DNS server used for
 //     discovery and polling; empty means the first nameserver in
 //     /etc/resolv.conf, which in a pod is the cluster DNS.
