@@ -45,7 +45,11 @@
 // Options.PollInterval (30 s by default) and tries push again: at once
 // after a loss, then after Options.PushRetryMin (1 s), doubling on every
 // failure up to Options.PushRetryMax (5 min), each wait jittered by up to
-// a fifth. Once a push setup succeeds it stops polling.
+// a fifth. Once a push setup succeeds it stops polling. A poll comes
+// first, at the start and after every loss, so that gRPC gets addresses at
+// once even when the push server is slow to answer. A failed poll, or one
+// whose answers gRPC cannot use (no address), is repeated sooner: after
+// PushRetryMin, doubling up to PollInterval.
 //
 // gRPC calls ResolveNow when a connection fails. While polling, ResolveNow
 // queries at once; push is tried on its own schedule. While pushing, it

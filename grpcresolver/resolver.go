@@ -32,6 +32,7 @@ type llqResolver struct {
 	// Owned by run.
 	published bool
 	last      []string // the addresses gRPC has
+	refused   error    // what gRPC said to them
 }
 
 // ResolveNow asks run for a fresh look; it never blocks.
@@ -50,23 +51,47 @@ func (r *llqResolver) Close() {
 	<-r.done
 }
 
-// run alternates between push and polling for the resolver's lifetime:
-// push whenever it can be set up, polling meanwhile, with the back-off
-// documented in the package comment.
+// run alternates between push and polling for the resolver's lifetime,
+// with the back-off documented in the package comment. A poll comes first,
+// at the start and after every loss, so that gRPC has addresses while
+// push is being set up, which against an unresponsive server takes the
+// protocol's retransmissions.
 func (r *llqResolver) run() {
 	defer close(r.done)
-	retry := r.opts.PushRetryMin
+	retry, pollRetry := r.opts.PushRetryMin, r.opts.PushRetryMin
 	var nextPush, nextPoll time.Time // zero: at once
 	for {
+		if !time.Now().Before(nextPoll) {
+			err := r.poll()
+			if r.ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				r.cc.ReportError(err)
+			}
+			// A failed poll, or a state gRPC could not use (no address),
+			// is worth another look sooner: gRPC leaves retrying to a
+			// resolver that does not watch.
+			if err != nil || r.refused != nil {
+				nextPoll = time.Now().Add(min(jitter(pollRetry), r.opts.PollInterval))
+				pollRetry = min(2*pollRetry, r.opts.PollInterval)
+			} else {
+				nextPoll = time.Now().Add(r.opts.PollInterval)
+				pollRetry = r.opts.PushRetryMin
+			}
+		}
 		if !time.Now().Before(nextPush) {
 			start := time.Now()
 			established, err := r.push()
 			if r.ctx.Err() != nil {
 				return
 			}
+			if established {
+				nextPoll = time.Now() // what the last poll saw is old news
+			}
 			switch {
 			case established && time.Since(start) >= r.opts.PushRetryMin:
-				// A loss after a good while: try again at once, once.
+				// A loss after a good while: poll and try again at once.
 				logger.Infof("%s: %v; setting push up again", r.target.name, err)
 				retry, nextPush = r.opts.PushRetryMin, time.Now()
 				continue
@@ -77,17 +102,8 @@ func (r *llqResolver) run() {
 			}
 			wait := jitter(retry)
 			logger.Infof("%s: polling %s every %s; trying push again in %s", r.target.name, r.server, r.opts.PollInterval, wait)
-			nextPush, nextPoll = time.Now().Add(wait), time.Now()
+			nextPush = time.Now().Add(wait)
 			retry = min(2*retry, r.opts.PushRetryMax)
-		}
-		if !time.Now().Before(nextPoll) {
-			if err := r.poll(); err != nil {
-				if r.ctx.Err() != nil {
-					return
-				}
-				r.cc.ReportError(err)
-			}
-			nextPoll = time.Now().Add(r.opts.PollInterval)
 		}
 		t := time.NewTimer(time.Until(earliest(nextPush, nextPoll)))
 		select {
@@ -248,10 +264,12 @@ func (r *llqResolver) publish(a answers) {
 		return
 	}
 	r.published, r.last = true, addrs
-	// An error here is the balancer finding no address it can use. The
-	// next change brings the next state, so there is nothing to retry:
-	// a watching resolver may ignore it (resolver.ClientConn says so).
-	if err := r.cc.UpdateState(st); err != nil {
-		logger.Infof("%s: %d addresses: %v", r.target.name, len(addrs), err)
+	// An error here is the balancer finding no address it can use. While
+	// pushing, the next change brings the next state, so there is nothing
+	// to retry (resolver.ClientConn says a watching resolver may ignore
+	// it); run polls sooner.
+	r.refused = r.cc.UpdateState(st)
+	if r.refused != nil {
+		logger.Infof("%s: %d addresses: %v", r.target.name, len(addrs), r.refused)
 	}
 }

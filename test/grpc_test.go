@@ -389,6 +389,7 @@ func TestGRPCResolverResolveNow(t *testing.T) {
 	s, _, _ := plainServer(t)
 	set := fileZone(s)
 	set(bs[0].ip)
+	zoneLists(t, s, bs[0].ip)
 	b := grpcresolver.NewBuilder(grpcresolver.Options{Scheme: "llqnow", PollInterval: time.Hour})
 	c := startCaller(t, fmt.Sprintf("llqnow://%s/svc.example.org:%d", s.dns, port), grpc.WithResolvers(b))
 	eventually(t, "calls to the first backend", func() bool { return bs[0].calls.Load() > 0 })
@@ -487,9 +488,10 @@ func TestGRPCResolverPushDown(t *testing.T) {
 func TestGRPCResolverResolveNowPush(t *testing.T) {
 	port, bs := startBackends(t, 2)
 	s, plain, withLLQ := plainServer(t)
-	s.restart(withLLQ)
 	set := fileZone(s)
 	set(bs[0].ip)
+	zoneLists(t, s, bs[0].ip)
+	s.restart(withLLQ)
 	b := grpcresolver.NewBuilder(grpcresolver.Options{
 		Scheme:       "llqnowpush",
 		PollInterval: time.Hour,
