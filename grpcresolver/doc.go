@@ -71,5 +71,7 @@
 // given with grpc.WithDefaultServiceConfig. Nor does it return grpclb
 // balancer addresses.
 //
-// The package depends on grpc-go; llq's CoreDNS plugin does not import it.
+// The package depends on grpc-go. CoreDNS links grpc-go anyway (its grpc
+// plugin and server type, etcd's client), but llq's plugin package imports
+// no grpc package and does not depend on this one, nor does cmd/coredns.
 package grpcresolver
