@@ -172,7 +172,7 @@ func BenchmarkServe(b *testing.B) {
 		}
 		b.ReportAllocs()
 		for b.Loop() {
-			env.e.serve(raw, benchSrc, false)
+			env.e.llq.serve(raw, benchSrc, false)
 		}
 	}
 	qs := []dns.Question{benchQ}
@@ -204,7 +204,7 @@ func BenchmarkServe(b *testing.B) {
 		}
 		b.ReportAllocs()
 		for b.Loop() {
-			env.e.serve(raw, benchSrc, true)
+			env.e.llq.serve(raw, benchSrc, true)
 		}
 	})
 	b.Run("op=refresh", func(b *testing.B) {
@@ -226,7 +226,7 @@ func BenchmarkServe(b *testing.B) {
 		raw := packMsg(b, a)
 		b.ReportAllocs()
 		for b.Loop() {
-			if env.e.serve(raw, benchSrc, false) != nil {
+			if env.e.llq.serve(raw, benchSrc, false) != nil {
 				b.Fatal("an ack drew a reply")
 			}
 		}
@@ -314,13 +314,13 @@ func benchTopic(b *testing.B, env *testEnv, n int) *topic {
 	now := time.Now()
 	for i := range n {
 		client := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 1, byte(i % 250)}), uint16(10000+i))
-		if _, _, err := env.e.establish(uint64(i+1), benchQ, client, 3600, 1232, now); err != nil {
+		if _, _, err := env.e.llq.establish(uint64(i+1), benchQ, client, 3600, 1232, now); err != nil {
 			b.Fatalf("establish: %v", err)
 		}
 	}
 	env.e.mu.Lock()
 	defer env.e.mu.Unlock()
-	t := env.e.t.topics[keyOf(benchQ)]
+	t := env.e.topics[keyOf(benchQ)]
 	if t == nil || len(t.subs) != n {
 		b.Fatalf("no topic with %d subscribers", n)
 	}
@@ -347,7 +347,8 @@ func benchChange(b testing.TB, env *testEnv, t *topic, k int) (added, removed []
 // their transmissions, as if each had been acknowledged long ago.
 func forgetEvents(env *testEnv, t *topic) {
 	env.e.mu.Lock()
-	for _, s := range t.subs {
+	for x := range t.subs {
+		s := x.(*llqSub)
 		for _, tr := range s.pending {
 			env.e.sched.cancel(&tr.ev.retry)
 		}
@@ -368,7 +369,7 @@ func BenchmarkPublish(b *testing.B) {
 	for b.Loop() {
 		now := time.Now()
 		env.e.mu.Lock()
-		ds := env.e.publish(t, added, removed, old, now)
+		ds := env.e.llq.publish(t, added, removed, old, now)
 		env.e.mu.Unlock()
 		if len(ds) != subs {
 			b.Fatalf("%d deliveries", len(ds))
@@ -391,13 +392,13 @@ func BenchmarkSend(b *testing.B) {
 		b.Fatal(err)
 	}
 	ds := []delivery{{to: c.addr, msgID: 1, llqID: 2, lease: 3600, packet: p}}
-	env.e.send(ds, "event")
+	env.e.llq.send(ds, "event")
 	c.read(b, 5*time.Second) // the socket works
 	b.ReportAllocs()
 	for b.Loop() {
 		// Nobody reads: once the socket buffer is full the kernel drops
 		// the packets, after the write this measures.
-		env.e.send(ds, "event")
+		env.e.llq.send(ds, "event")
 	}
 }
 
@@ -405,13 +406,13 @@ func BenchmarkSend(b *testing.B) {
 // the event packets, oldest first.
 func pendingEvents(b *testing.B, env *testEnv, id uint64, n int) []uint16 {
 	env.e.mu.Lock()
-	t := env.e.t.subs[id].topic
+	t := env.e.llq.subs[id].topic
 	env.e.mu.Unlock()
 	var ids []uint16
 	for k := range n {
 		added, removed, old := benchChange(b, env, t, k+1)
 		env.e.mu.Lock()
-		for _, d := range env.e.publish(t, added, removed, old, time.Now()) {
+		for _, d := range env.e.llq.publish(t, added, removed, old, time.Now()) {
 			ids = append(ids, d.msgID)
 		}
 		env.e.mu.Unlock()
@@ -428,7 +429,7 @@ func BenchmarkAcknowledge(b *testing.B) {
 	msgID := ids[len(ids)-1]
 	b.ReportAllocs()
 	for b.Loop() {
-		env.e.acknowledge(msgID, id, benchSrc)
+		env.e.llq.acknowledge(msgID, id, benchSrc)
 	}
 }
 
@@ -444,16 +445,16 @@ func BenchmarkEstablish(b *testing.B) {
 	next := uint64(2)
 	dropAll := func() {
 		e.mu.Lock()
-		for id, s := range e.t.subs {
+		for id, s := range e.llq.subs {
 			if id != 1 {
-				e.drop(s)
+				e.llq.drop(s)
 			}
 		}
 		e.mu.Unlock()
 	}
 	add := func(now time.Time) {
 		client := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 2, byte(next % 250)}), uint16(next))
-		if _, _, err := e.establish(next, benchQ, client, 3600, 1232, now); err != nil {
+		if _, _, err := e.llq.establish(next, benchQ, client, 3600, 1232, now); err != nil {
 			b.Fatalf("establish: %v", err)
 		}
 		next++

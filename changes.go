@@ -155,8 +155,8 @@ func (c *changeQueue) process() {
 	pending := c.pending
 	c.pending = nil
 	c.passes++
-	topics := make([]*topic, 0, len(e.t.topics))
-	for _, t := range e.t.topics {
+	topics := make([]*topic, 0, len(e.topics))
+	for _, t := range e.topics {
 		topics = append(topics, t)
 	}
 	e.mu.Unlock()
@@ -166,7 +166,7 @@ func (c *changeQueue) process() {
 		topics = topics[len(chunk):]
 		e.mu.Lock()
 		for _, t := range chunk {
-			if e.t.topics[t.key] != t { // its last subscriber left meanwhile
+			if e.topics[t.key] != t { // its last subscriber left meanwhile
 				continue
 			}
 			for _, ch := range pending {
@@ -230,7 +230,7 @@ func (c *changeQueue) resolveAll(b *backend, q *resolveQueue) {
 		w.t.resolving = false
 		if w.t.again {
 			w.t.again = false
-			if e.t.topics[w.t.key] == w.t {
+			if e.topics[w.t.key] == w.t {
 				c.queue(w)
 			}
 		}
@@ -252,7 +252,7 @@ func (c *changeQueue) update(w work) {
 	resolutions.WithLabelValues(w.trigger).Inc()
 	now := time.Now()
 	e.mu.Lock()
-	if e.t.topics[w.t.key] != w.t { // its last subscriber left meanwhile
+	if e.topics[w.t.key] != w.t { // its last subscriber left meanwhile
 		e.mu.Unlock()
 		return
 	}
@@ -274,7 +274,20 @@ func (c *changeQueue) update(w work) {
 	}
 	old := w.t.answers
 	w.t.setAnswers(next)
-	ds := e.publish(w.t, added, removed, old, now)
+	// Here the engine's part ends: each transport with subscribers to the
+	// topic frames the change its own way, and writes once the lock is
+	// released.
+	flush := make([]func(), 0, len(w.t.owners))
+	for _, o := range w.t.owners {
+		if o.n == 0 {
+			continue
+		}
+		if f := o.tr.changed(w.t, added, removed, old, now); f != nil {
+			flush = append(flush, f)
+		}
+	}
 	e.mu.Unlock()
-	e.send(ds, "event")
+	for _, f := range flush {
+		f()
+	}
 }

@@ -112,13 +112,13 @@ func TestRetryRoundAndScheduler(t *testing.T) {
 	id, _ := env.establish(t, netip.MustParseAddrPort("127.0.0.1:9"), 1232, qWWW, 3600)
 	e := env.e
 	e.mu.Lock()
-	s := e.t.subs[id]
-	round := &retryRound{e: e}
+	s := e.llq.subs[id]
+	round := &retryRound{l: e.llq}
 	round.timer.init(round)
 	now := time.Now()
 	for i := range 200 {
 		ev := newEvent(s, statement{keys: []string{}, rrs: []dns.RR{}})
-		if e.track(ev, []bool{}, now, i%2 == 0); ev.own { // every other one on its own timer, due later
+		if e.llq.track(ev, []bool{}, now, i%2 == 0); ev.own { // every other one on its own timer, due later
 			e.sched.schedule(&ev.retry, now.Add(time.Hour))
 		}
 		round.events = append(round.events, ev)

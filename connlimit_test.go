@@ -77,15 +77,15 @@ func closedByServer(t testing.TB, c net.Conn) {
 }
 
 func openConns(e *Engine) int {
-	e.ln.gate.mu.Lock()
-	defer e.ln.gate.mu.Unlock()
-	return e.ln.gate.open
+	e.llq.ln.gate.mu.Lock()
+	defer e.llq.ln.gate.mu.Unlock()
+	return e.llq.ln.gate.open
 }
 
 func bufferedBytes(e *Engine) int {
-	e.ln.gate.mu.Lock()
-	defer e.ln.gate.mu.Unlock()
-	return e.ln.gate.buffered
+	e.llq.ln.gate.mu.Lock()
+	defer e.llq.ln.gate.mu.Unlock()
+	return e.llq.ln.gate.buffered
 }
 
 // One address cannot hold more than max-connections-per-client

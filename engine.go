@@ -1,34 +1,39 @@
 package llq
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
-	"time"
 
-	"github.com/llqdns/llq/wire"
 	"github.com/miekg/dns"
 )
 
-// Engine is everything llq keeps for one LLQ listener address: the listener,
-// the LLQ table, the topics and the timers. It outlives plugin instances, so
-// that a Corefile reload keeps every live LLQ (see registry.go).
+// Engine is everything llq keeps for one LLQ listener address: the topics
+// (one per distinct question), the backends that answer them, the change
+// queue and the timers, and the transports that carry changes to
+// subscribers. It outlives plugin instances, so that a Corefile reload keeps
+// every live subscription (see registry.go).
+//
+// The engine knows questions, answers and changes, never packets: each
+// transport (llq_*.go: LLQ over UDP and TCP) admits its own subscribers,
+// joins them to topics through the engine (so that every transport answers
+// with the same policy and the same answers), and turns each change into
+// its own messages.
 type Engine struct {
 	mu sync.Mutex
 	// cfg is read on every message; an atomic pointer spares serve a trip
 	// through mu for it. A reload swaps the whole config: code that uses
 	// several fields together loads it once (see config).
 	cfg      atomic.Pointer[config]
-	t        table
+	topics   map[topicKey]*topic
 	backends []*backend // longest zone first is not needed: zoneFor picks the longest match
 
 	sched   *scheduler
-	chal    *challenger
-	limiter *setupLimiter
-	ln      *listener
 	changes *changeQueue
 	watch   *watchers
+	llq     *llqTransport
 
 	key  string // listen address it was created for; the registry's key
 	refs int    // plugin instances using the engine; guarded by the registry lock
@@ -36,39 +41,38 @@ type Engine struct {
 
 func newEngine(cfg *config) (*Engine, error) {
 	e := &Engine{
-		key:     cfg.listen,
-		t:       newTable(cfg.clientBits),
-		sched:   newScheduler(),
-		chal:    newChallenger(),
-		limiter: newSetupLimiter(),
+		key:    cfg.listen,
+		topics: make(map[topicKey]*topic),
+		sched:  newScheduler(),
 	}
 	e.cfg.Store(cfg)
 	e.changes = newChangeQueue(e)
 	e.watch = newWatchers(e)
-	ln, err := listen(cfg.listen, e)
+	l, err := newLLQTransport(e, cfg.listen)
 	if err != nil {
 		e.sched.close()
 		e.changes.close() // its worker started with it
 		return nil, err
 	}
-	e.ln = ln
+	e.llq = l
 	e.watch.start()
 	publishLimits(cfg)
 	return e, nil
 }
 
-// close stops the listener and every timer and forgets every LLQ.
+// close stops the transports and every timer and forgets every
+// subscription.
 func (e *Engine) close() {
 	e.watch.stop()
-	e.ln.close()
+	e.llq.ln.close()
 	e.sched.close()
 	e.changes.close()
 	e.mu.Lock()
-	n, topics := len(e.t.subs), len(e.t.topics)
-	e.t = newTable(e.config().clientBits)
+	e.llq.forget()
+	topics := len(e.topics)
+	e.topics = make(map[topicKey]*topic)
 	e.mu.Unlock()
 	// Gauges are shared by every engine in the process: subtract ours.
-	liveLLQs.Sub(float64(n))
 	topicsGauge.Sub(float64(topics))
 }
 
@@ -77,7 +81,7 @@ func (e *Engine) close() {
 func (e *Engine) reconfigure(cfg *config) {
 	e.cfg.Store(cfg)
 	e.mu.Lock()
-	e.t.rekey(cfg.clientBits)
+	e.llq.rekey(cfg.clientBits)
 	e.mu.Unlock()
 	publishLimits(cfg)
 	e.watch.armPoll()
@@ -86,7 +90,7 @@ func (e *Engine) reconfigure(cfg *config) {
 func (e *Engine) config() *config { return e.cfg.Load() }
 
 // Addr is the UDP address the LLQ listener is bound to.
-func (e *Engine) Addr() net.Addr { return e.ln.udp.LocalAddr() }
+func (e *Engine) Addr() net.Addr { return e.llq.ln.udp.LocalAddr() }
 
 func (e *Engine) register(b *backend) {
 	e.mu.Lock()
@@ -172,171 +176,109 @@ func plainFQDN(s string) bool {
 	return true
 }
 
-// setupError tells protocol.go which LLQ error a setup or refresh earned.
-type setupError struct {
-	code  uint16
-	lease uint32 // retry-after for SERV-FULL
-	limit bool   // a configured limit refused it (setups_total{result="serv-full"})
+// Errors of subscribe, which each transport answers in its own words.
+var (
+	errNotServed  = errors.New("no served zone contains the name")
+	errUnresolved = errors.New("the backend could not answer")
+)
+
+// joining is a subscription on its way into its topic: what the engine
+// looked up under its lock before resolving the question outside it.
+type joining struct {
+	q      dns.Question
+	key    topicKey
+	client netip.AddrPort
+	b      *backend
+	zone   string
+	prev   answerSet // the topic's answers when looked up, if there was one
+	had    bool      // there was one
+	fresh  answerSet // resolved for a topic that did not exist yet
+	passes int
+	resync bool
 }
 
-// admit checks the count limits for a new LLQ from addr. Call with e.mu held.
-func (e *Engine) admit(addr netip.Addr) *setupError {
-	cfg := e.config()
-	if cfg.maxLLQs > 0 && len(e.t.subs) >= cfg.maxLLQs {
-		limitRejections.WithLabelValues("max-llqs").Inc()
-		return &setupError{code: wire.ServFull, lease: uint32(cfg.fullRetryAfter / time.Second), limit: true}
+// prepare starts a subscription to q on behalf of client: j.b is nil when
+// llq serves no zone containing the name. Call with e.mu held. Every
+// transport admits subscribers through prepare, resolve and join, so that a
+// subscriber of any transport sees what an ordinary query would.
+func (e *Engine) prepare(q dns.Question, client netip.AddrPort) joining {
+	j := joining{q: q, key: keyOf(q), client: client, passes: e.changes.passes}
+	j.b, j.zone = e.backendFor(j.key.name)
+	if t := e.topics[j.key]; t != nil {
+		j.prev, j.had = t.answers, true
 	}
-	if cfg.maxPerClient > 0 && e.t.perClient[e.t.bits.key(addr)] >= cfg.maxPerClient {
-		limitRejections.WithLabelValues("max-llqs-per-client").Inc()
-		return &setupError{code: wire.ServFull, lease: uint32(cfg.fullRetryAfter / time.Second), limit: true}
+	return j
+}
+
+// exists reports whether j's topic existed when prepared.
+func (j *joining) exists() bool { return j.had }
+
+// resolve asks the backend for the answers when no topic had them yet. Call
+// without e.mu: a backend such as etcd may take a while.
+func (j *joining) resolve() error {
+	if j.b == nil {
+		return errNotServed
 	}
+	if j.exists() {
+		return nil
+	}
+	rrs, ok := j.b.lookup(j.q, j.client)
+	if !ok {
+		return errUnresolved
+	}
+	j.fresh = newAnswerSet(rrs)
 	return nil
 }
 
-// establish creates the LLQ id for q on behalf of client, or returns the
-// existing one when the client repeats itself, and returns the answers the
-// ACK carries.
-func (e *Engine) establish(id uint64, q dns.Question, client netip.AddrPort, lease uint32, udpSize uint16, now time.Time) ([]dns.RR, uint32, *setupError) {
-	key := keyOf(q)
-	e.mu.Lock()
-	if s, ok := e.t.subs[id]; ok {
-		defer e.mu.Unlock()
-		if s.client.Addr() != client.Addr() {
-			// A 64-bit collision between two clients' challenges: make the
-			// newcomer start over in a later epoch, which yields another ID.
-			return nil, 0, &setupError{code: wire.ServFull, lease: 1}
-		}
-		if s.topic.key != key {
-			return nil, 0, &setupError{code: wire.NoSuchLLQ}
-		}
-		setups.WithLabelValues("duplicate").Inc()
-		return s.topic.records(), s.remaining(now), nil
-	}
-	if err := e.admit(client.Addr()); err != nil {
-		e.mu.Unlock()
-		return nil, 0, err
-	}
-	cfg := e.config()
-	b, zone := e.backendFor(key.name)
-	t := e.t.topics[key]
-	var prev answerSet
-	if t != nil {
-		prev = t.answers
-	}
-	passes := e.changes.passes
-	e.mu.Unlock()
-
-	if b == nil {
-		return nil, 0, &setupError{code: wire.Static}
-	}
-	if ok, wait := e.limiter.allow(cfg.clientBits.key(client.Addr()), now, cfg.setupRate, cfg.setupBurst); !ok {
-		limitRejections.WithLabelValues("setup-rate").Inc()
-		return nil, 0, &setupError{code: wire.ServFull, lease: uint32(wait/time.Second) + 1, limit: true}
-	}
-
-	var fresh answerSet
+// join adds s, owned by tr, to j's topic, creating the topic if it is gone
+// or new, and returns the topic's answers. Call with e.mu held, and settle
+// once it is released.
+func (e *Engine) join(s subscriber, tr transport, j *joining) []dns.RR {
+	t := e.topics[j.key]
 	if t == nil {
-		// Resolve outside the lock: a backend such as etcd may take a while.
-		rrs, ok := b.lookup(q, client)
-		if !ok {
-			return nil, 0, &setupError{code: wire.UnknownErr}
-		}
-		fresh = newAnswerSet(rrs)
-	}
-
-	resync := false
-	defer func() { // runs after the unlock below
-		if resync {
-			e.changes.mark(change{trigger: "setup", zone: key.name})
-		}
-	}()
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if _, ok := e.t.subs[id]; ok { // the same challenge response twice, concurrently
-		return nil, 0, &setupError{code: wire.ServFull, lease: 1}
-	}
-	if err := e.admit(client.Addr()); err != nil {
-		return nil, 0, err
-	}
-	t = e.t.topics[key]
-	if t == nil {
+		fresh := j.fresh
 		if fresh == nil { // the topic went away meanwhile: its last answers stand in
-			fresh = prev
-			resync = true
+			fresh = j.prev
+			j.resync = true
 		}
 		// A change pass that ran while the answers were being resolved could
 		// not see this topic: re-resolve it, or that change is lost to it.
-		resync = resync || e.changes.passes != passes
-		t = &topic{key: key, question: q, zone: zone, answers: fresh, subs: make(map[uint64]*subscription, 1), client: client, e: e}
+		j.resync = j.resync || e.changes.passes != j.passes
+		t = &topic{key: j.key, question: j.q, zone: j.zone, answers: fresh, subs: make(map[subscriber]struct{}, 1), client: j.client, e: e}
 		t.retry.init(t)
-		e.t.topics[key] = t
+		e.topics[j.key] = t
 		topicsGauge.Inc()
 	}
-	s := &subscription{id: id, topic: t, e: e, client: client, udpSize: udpSize}
-	s.expiry.init(s)
-	e.t.add(s)
-	e.grant(s, lease, now)
-	liveLLQs.Inc()
-	setups.WithLabelValues("established").Inc()
-	return t.records(), lease, nil
+	s.base().topic = t
+	t.add(s, tr)
+	return t.records()
 }
 
-// grant (re)starts s's lease. Call with e.mu held.
-func (e *Engine) grant(s *subscription, lease uint32, now time.Time) {
-	s.expires = now.Add(time.Duration(lease) * time.Second)
-	e.sched.schedule(&s.expiry, s.expires)
-}
-
-// refresh renews or (lease 0) terminates LLQ id for client. A non-zero
-// eventPort moves the client's events there.
-func (e *Engine) refresh(id uint64, q dns.Question, client netip.AddrPort, eventPort uint16, lease uint32, now time.Time) (uint32, *setupError) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	s, ok := e.t.subs[id]
-	if !ok || s.client.Addr() != client.Addr() || s.topic.key != keyOf(q) {
-		return 0, &setupError{code: wire.NoSuchLLQ}
-	}
-	if lease == 0 {
-		e.drop(s)
-		terminations.Inc()
-		return 0, nil
-	}
-	// Events follow the client to the port its latest refresh came from:
-	// that is where its NAT mapping is now.
-	if eventPort != 0 {
-		e.t.move(s, netip.AddrPortFrom(client.Addr(), eventPort))
-	}
-	granted := e.config().clampLease(lease)
-	e.grant(s, granted, now)
-	refreshes.Inc()
-	return granted, nil
-}
-
-// drop removes s and its timers. Call with e.mu held.
-func (e *Engine) drop(s *subscription) {
-	for _, tr := range s.pending {
-		if tr.ev.live == tr.id {
-			e.sched.cancel(&tr.ev.retry)
-		}
-	}
-	if e.t.remove(s) {
-		e.sched.cancel(&s.expiry)
-		liveLLQs.Dec()
-		if len(s.topic.subs) == 0 {
-			topicsGauge.Dec()
-			e.sched.cancel(&s.topic.retry)
-		}
+// settle re-resolves j's topic when join found that a change may have
+// passed it by. Call without e.mu.
+func (e *Engine) settle(j *joining) {
+	if j.resync {
+		e.changes.mark(change{trigger: "setup", zone: j.key.name})
 	}
 }
 
-func (e *Engine) expire(s *subscription) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if s.gone || time.Now().Before(s.expires) {
-		return
+// leave takes s, owned by tr, out of its topic, and drops the topic with
+// its last subscriber. It reports whether s was still in. Call with e.mu
+// held.
+func (e *Engine) leave(s subscriber, tr transport) bool {
+	b := s.base()
+	if b.gone {
+		return false
 	}
-	e.drop(s)
-	expirations.Inc()
+	b.gone = true
+	t := b.topic
+	t.remove(s, tr)
+	if len(t.subs) == 0 {
+		delete(e.topics, t.key)
+		topicsGauge.Dec()
+		e.sched.cancel(&t.retry)
+	}
+	return true
 }
 
 // Stats is a snapshot for tests and the command line.
@@ -346,7 +288,7 @@ type Stats struct {
 
 func (e *Engine) Stats() Stats {
 	e.mu.Lock()
-	st := Stats{LLQs: len(e.t.subs), Topics: len(e.t.topics)}
+	st := Stats{LLQs: len(e.llq.subs), Topics: len(e.topics)}
 	e.mu.Unlock()
 	st.Timers = e.sched.len()
 	return st

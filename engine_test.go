@@ -51,7 +51,7 @@ func TestChangeDuringFirstResolution(t *testing.T) {
 	ch := only(t, env.exchange(t, llqMsg(1, 1232, []dns.Question{qWWW}, setupOpt(0, 3600)), c.addr, false))
 	acked := make(chan *dns.Msg, 1)
 	go func() {
-		out := env.e.serve(packMsg(t, llqMsg(2, 1232, []dns.Question{qWWW}, setupOpt(ch.Id, 3600))), c.addr, false)
+		out := env.e.llq.serve(packMsg(t, llqMsg(2, 1232, []dns.Question{qWWW}, setupOpt(ch.Id, 3600))), c.addr, false)
 		m := new(dns.Msg)
 		m.Unpack(out)
 		acked <- m

@@ -21,7 +21,7 @@ func FuzzServe(f *testing.F) {
 	pack := func(m *dns.Msg) []byte { return packMsg(f, m) }
 
 	setup := pack(llqMsg(1, 1232, []dns.Question{qWWW}, setupOpt(0, 3600)))
-	chID := env.e.chal.issue(now, src, qNS1)
+	chID := env.e.llq.chal.issue(now, src, qNS1)
 	response := pack(llqMsg(2, 1232, []dns.Question{qNS1}, setupOpt(chID, 3600)))
 	id, _ := env.establish(f, src, 1232, qWWW, 3600)
 	refresh := pack(llqMsg(3, 1232, []dns.Question{qWWW}, refreshOpt(id, 3600)))
@@ -52,7 +52,7 @@ func FuzzServe(f *testing.F) {
 
 	f.Fuzz(func(t *testing.T, req []byte, tcp bool) {
 		in := append([]byte(nil), req...)
-		out := env.e.serve(req, src, tcp)
+		out := env.e.llq.serve(req, src, tcp)
 		if string(in) != string(req) {
 			t.Fatalf("serve modified its input")
 		}

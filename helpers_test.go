@@ -140,7 +140,7 @@ func unpackMsg(t testing.TB, b []byte) *dns.Msg {
 // serveRaw hands raw to the engine and parses the reply, which must exist.
 func (env *testEnv) serveRaw(t testing.TB, raw []byte, src netip.AddrPort, tcp bool) (*dns.Msg, []byte) {
 	t.Helper()
-	out := env.e.serve(raw, src, tcp)
+	out := env.e.llq.serve(raw, src, tcp)
 	if out == nil {
 		t.Fatalf("no reply")
 	}

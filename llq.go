@@ -1,6 +1,20 @@
 // Package llq is a CoreDNS plugin that serves DNS Long-Lived Queries
 // (RFC 8764): clients subscribe to a question and are sent the changes to its
 // answer as they happen.
+//
+// The files read in layers, from the bottom up:
+//   - wire/: wire formats miekg/dns lacks.
+//   - The engine (engine.go, topics.go, changes.go, answers.go, resolver.go,
+//     scheduler.go): topics, one per distinct question, with their last
+//     answers; re-resolution on change; adds and removes handed to the
+//     transports. It never sees a packet.
+//   - Transports, peers over the engine, each with its own framing,
+//     batching, acknowledgement and retry: llq_*.go is LLQ over UDP and
+//     TCP (challenge, leases, events, retransmission).
+//   - Triggers (watchers.go, probes.go, etcd.go, kubernetes.go, hosts.go):
+//     they only say which names may have changed.
+//   - The CoreDNS face (llq.go, setup.go, discovery.go, registry.go,
+//     handoff.go).
 package llq
 
 import (

@@ -23,7 +23,7 @@ import (
 // records. So each subscriber converges to the answer set under loss,
 // duplication and reordering.
 type event struct {
-	sub   *subscription
+	sub   *llqSub
 	keys  []string // record identities, see wire.RecordKey
 	rrs   []dns.RR // the record for each key, as last known
 	tries int
@@ -44,7 +44,7 @@ type event struct {
 }
 
 // fire runs when ev's retransmission timer is due.
-func (ev *event) fire() { ev.sub.e.retransmit(ev) }
+func (ev *event) fire() { ev.sub.l.retransmit(ev) }
 
 // transmission is one event packet sent to an LLQ. An LLQ remembers up to
 // maxPending of them: the small fields come last to share one word.
@@ -131,7 +131,7 @@ func patch(b []byte, msgID uint16, llqID uint64, lease uint32) {
 }
 
 // freshID returns a DNS ID not used by any pending packet of s.
-func freshID(s *subscription) uint16 {
+func freshID(s *llqSub) uint16 {
 	for {
 		id := uint16(rand.Uint32())
 		clash := false
@@ -149,9 +149,9 @@ func freshID(s *subscription) uint16 {
 
 // track records a transmission of ev and, with arm, arms its
 // retransmission. Call with e.mu held.
-func (e *Engine) track(ev *event, adds []bool, now time.Time, arm bool) uint16 {
+func (l *llqTransport) track(ev *event, adds []bool, now time.Time, arm bool) uint16 {
 	s := ev.sub
-	cfg := e.config()
+	cfg := l.e.config()
 	// Forget packets older than a whole retransmission schedule: their
 	// events have been answered or given up on by now.
 	horizon := now.Add(-backoff(cfg.retransmit, cfg.attempts))
@@ -167,7 +167,7 @@ func (e *Engine) track(ev *event, adds []bool, now time.Time, arm bool) uint16 {
 	ev.answered = false
 	if arm {
 		ev.own = true
-		e.sched.schedule(&ev.retry, now.Add(backoff(cfg.retransmit, ev.tries)))
+		l.e.sched.schedule(&ev.retry, now.Add(backoff(cfg.retransmit, ev.tries)))
 	}
 	return id
 }
@@ -185,7 +185,7 @@ func backoff(d time.Duration, n int) time.Duration {
 	return d
 }
 
-func newEvent(s *subscription, st statement) *event {
+func newEvent(s *llqSub, st statement) *event {
 	ev := &event{sub: s, keys: st.keys, rrs: st.rrs}
 	ev.retry.init(ev)
 	return ev
@@ -194,7 +194,7 @@ func newEvent(s *subscription, st statement) *event {
 // publish queues events for every subscriber of t about the keys that
 // changed; old holds the records that were removed. Call with e.mu held;
 // send the returned deliveries after unlocking.
-func (e *Engine) publish(t *topic, added, removed []string, old answerSet, now time.Time) []delivery {
+func (l *llqTransport) publish(t *topic, added, removed []string, old answerSet, now time.Time) []delivery {
 	keys := make([]string, 0, len(added)+len(removed))
 	rrs := make([]dns.RR, 0, cap(keys))
 	adds := make([]bool, 0, cap(keys))
@@ -213,9 +213,13 @@ func (e *Engine) publish(t *topic, added, removed []string, old answerSet, now t
 	// delivery per subscriber rather than let append double (and copy) it
 	// a dozen times for a large topic.
 	out := make([]delivery, 0, len(t.subs))
-	round := &retryRound{e: e, events: make([]*event, 0, len(t.subs))}
+	round := &retryRound{l: l, events: make([]*event, 0, len(t.subs))}
 	round.timer.init(round)
-	for _, s := range t.subs {
+	for x := range t.subs {
+		s, mine := x.(*llqSub)
+		if !mine {
+			continue
+		}
 		chunks, ok := bySize[s.udpSize]
 		if !ok {
 			for _, st := range split(t.question, keys, rrs, adds, s.udpSize) {
@@ -230,13 +234,13 @@ func (e *Engine) publish(t *topic, added, removed []string, old answerSet, now t
 		}
 		for _, c := range chunks {
 			ev := newEvent(s, c.st)
-			id := e.track(ev, c.st.adds, now, false)
+			id := l.track(ev, c.st.adds, now, false)
 			round.events = append(round.events, ev)
 			out = append(out, delivery{to: s.client, msgID: id, llqID: s.id, lease: s.remaining(now), packet: c.packet})
 		}
 	}
 	if len(round.events) > 0 {
-		e.sched.schedule(&round.timer, now.Add(e.config().retransmit))
+		l.e.sched.schedule(&round.timer, now.Add(l.e.config().retransmit))
 	}
 	return out
 }
@@ -248,27 +252,27 @@ func (e *Engine) publish(t *topic, added, removed []string, old answerSet, now t
 // An event gets a timer of its own once it needs one (a retransmission, a
 // restatement), and the round then leaves it alone.
 type retryRound struct {
-	e      *Engine
+	l      *llqTransport
 	events []*event
 	timer  timer
 }
 
 func (r *retryRound) fire() {
-	e := r.e
+	l := r.l
 	now := time.Now()
 	var ds []delivery
-	e.mu.Lock()
+	l.e.mu.Lock()
 	for _, ev := range r.events {
 		if ev.own { // on a timer of its own by now
 			continue
 		}
-		if d, ok := e.retransmitLocked(ev, now); ok {
+		if d, ok := l.retransmitLocked(ev, now); ok {
 			ds = append(ds, d)
 		}
 	}
-	e.mu.Unlock()
+	l.e.mu.Unlock()
 	r.events = nil
-	e.send(ds, "retransmit")
+	l.send(ds, "retransmit")
 }
 
 // send writes deliveries to the wire, a batch of datagrams per system call
@@ -277,7 +281,7 @@ func (r *retryRound) fire() {
 // of the cost. Each datagram gets its own copy of the shared template, since
 // a batch is in flight all at once; the copies, addresses and message
 // headers live in a reused sendScratch, so a datagram allocates nothing.
-func (e *Engine) send(ds []delivery, kind string) {
+func (l *llqTransport) send(ds []delivery, kind string) {
 	if len(ds) == 0 {
 		return
 	}
@@ -296,9 +300,9 @@ func (e *Engine) send(ds []delivery, kind string) {
 			patch(b, d.msgID, d.llqID, d.lease)
 			sc.bufs[i] = b
 			sc.ms[i].Buffers = sc.bufs[i : i+1]
-			sc.ms[i].Addr = e.ln.udpAddr(&sc.addrs[i], &sc.ips[i], d.to)
+			sc.ms[i].Addr = l.ln.udpAddr(&sc.addrs[i], &sc.ips[i], d.to)
 		}
-		sent += e.ln.writeBatch(sc.ms[:n])
+		sent += l.ln.writeBatch(sc.ms[:n])
 		ds = ds[n:]
 	}
 	clear(sc.bufs[:])
@@ -323,30 +327,30 @@ var scratchPool = sync.Pool{New: func() any { return new(sendScratch) }}
 
 // retransmit resends an unacknowledged event with the current truth, or
 // drops the LLQ of a client that has stayed silent for every attempt.
-func (e *Engine) retransmit(ev *event) {
-	e.mu.Lock()
-	d, ok := e.retransmitLocked(ev, time.Now())
-	e.mu.Unlock()
+func (l *llqTransport) retransmit(ev *event) {
+	l.e.mu.Lock()
+	d, ok := l.retransmitLocked(ev, time.Now())
+	l.e.mu.Unlock()
 	if ok {
-		e.send([]delivery{d}, "retransmit")
+		l.send([]delivery{d}, "retransmit")
 	}
 }
 
 // retransmitLocked is retransmit with e.mu held; it returns the packet to
 // send, if any.
-func (e *Engine) retransmitLocked(ev *event, now time.Time) (delivery, bool) {
+func (l *llqTransport) retransmitLocked(ev *event, now time.Time) (delivery, bool) {
 	s := ev.sub
 	if s.gone || ev.answered {
 		return delivery{}, false
 	}
 	ev.tries++
-	if ev.tries >= e.config().attempts {
-		e.drop(s)
+	if ev.tries >= l.e.config().attempts {
+		l.drop(s)
 		droppedSilent.Inc()
 		log.Debugf("dropped LLQ %x of %s: %d events unacknowledged", s.id, s.client, ev.tries)
 		return delivery{}, false
 	}
-	d, err := e.restate(ev, now)
+	d, err := l.restate(ev, now)
 	if err != nil {
 		log.Errorf("cannot pack event for %s: %v", s.topic.question.Name, err)
 		return delivery{}, false
@@ -356,7 +360,7 @@ func (e *Engine) retransmitLocked(ev *event, now time.Time) (delivery, bool) {
 
 // restate brings ev up to the current truth and transmits it again. Call
 // with e.mu held.
-func (e *Engine) restate(ev *event, now time.Time) (delivery, error) {
+func (l *llqTransport) restate(ev *event, now time.Time) (delivery, error) {
 	s := ev.sub
 	rrs := make([]dns.RR, len(ev.keys))
 	adds := make([]bool, len(ev.keys))
@@ -368,7 +372,7 @@ func (e *Engine) restate(ev *event, now time.Time) (delivery, error) {
 		}
 	}
 	ev.rrs = rrs
-	id := e.track(ev, adds, now, true)
+	id := l.track(ev, adds, now, true)
 	lease := s.remaining(now)
 	b, err := buildEvent(s.topic.question, rrs, adds, id, s.id, lease)
 	return delivery{to: s.client, msgID: id, llqID: s.id, lease: lease, packet: b, private: true}, err
@@ -377,12 +381,12 @@ func (e *Engine) restate(ev *event, now time.Time) (delivery, error) {
 // acknowledge handles an event ack from src: it stops the retransmission of
 // the event and, when the acknowledged packet stated something that is no
 // longer true, tells the client the truth again.
-func (e *Engine) acknowledge(msgID uint16, llqID uint64, src netip.AddrPort) {
+func (l *llqTransport) acknowledge(msgID uint16, llqID uint64, src netip.AddrPort) {
 	now := time.Now()
-	e.mu.Lock()
-	s, ok := e.t.subs[llqID]
+	l.e.mu.Lock()
+	s, ok := l.subs[llqID]
 	if !ok || s.client.Addr() != src.Addr() {
-		e.mu.Unlock()
+		l.e.mu.Unlock()
 		return
 	}
 	i := -1
@@ -393,7 +397,7 @@ func (e *Engine) acknowledge(msgID uint16, llqID uint64, src netip.AddrPort) {
 		}
 	}
 	if i < 0 {
-		e.mu.Unlock() // an ack for a packet long forgotten
+		l.e.mu.Unlock() // an ack for a packet long forgotten
 		return
 	}
 	// The packet stays listed after its ack until it ages out: the network
@@ -424,25 +428,25 @@ func (e *Engine) acknowledge(msgID uint16, llqID uint64, src netip.AddrPort) {
 		// restatement starts a fresh count of attempts.
 		if !ev.settled && unanswered(s, ev) {
 			ev.settled = true
-			wait := backoff(e.config().retransmit, ev.tries+1)
+			wait := backoff(l.e.config().retransmit, ev.tries+1)
 			ev.tries = 0
 			ev.own = true
-			e.sched.schedule(&ev.retry, now.Add(wait))
+			l.e.sched.schedule(&ev.retry, now.Add(wait))
 		} else {
 			ev.answered = true
 		}
-	} else if d, err := e.restate(ev, now); err == nil {
+	} else if d, err := l.restate(ev, now); err == nil {
 		// The client may now believe something no longer true: tell it
 		// the truth again, as the event's latest transmission.
 		ds = append(ds, d)
 	}
-	e.mu.Unlock()
-	e.send(ds, "event")
+	l.e.mu.Unlock()
+	l.send(ds, "event")
 }
 
 // unanswered reports whether a transmission of ev to s is still waiting for
 // its acknowledgement. Call with e.mu held.
-func unanswered(s *subscription, ev *event) bool {
+func unanswered(s *llqSub, ev *event) bool {
 	for _, tr := range s.pending {
 		if tr.ev == ev && !tr.acked {
 			return true

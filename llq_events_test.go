@@ -42,7 +42,7 @@ func ackFor(t testing.TB, ev *dns.Msg) []byte {
 
 func (env *testEnv) ack(t testing.TB, c *udpClient, ev *dns.Msg) {
 	t.Helper()
-	if out := env.e.serve(ackFor(t, ev), c.addr, false); out != nil {
+	if out := env.e.llq.serve(ackFor(t, ev), c.addr, false); out != nil {
 		t.Fatalf("an event ack drew a reply")
 	}
 }
@@ -93,7 +93,7 @@ func TestEvent(t *testing.T) {
 		t.Fatalf("event_acks moved %v", acked.moved(t))
 	}
 	env.e.mu.Lock()
-	sub := env.e.t.subs[id]
+	sub := env.e.llq.subs[id]
 	unacked, armed := 0, 0
 	for _, tr := range sub.pending {
 		if !tr.acked {
@@ -219,7 +219,7 @@ func TestRetransmissionRestates(t *testing.T) {
 	// retransmission of the unacknowledged event must say so.
 	swapZone(t, env.zone, zoneData)
 	env.e.mu.Lock()
-	tp := env.e.t.subs[id].topic
+	tp := env.e.llq.subs[id].topic
 	a, _ := resolve(file.File{Zones: fileZones(env.zone)}, qWWW, c.addr)
 	tp.answers = newAnswerSet(a)
 	env.e.mu.Unlock()
@@ -285,7 +285,7 @@ func TestStaleAckConverges(t *testing.T) {
 	}
 	env.e.mu.Lock()
 	armed := 0
-	for _, tr := range env.e.t.subs[id].pending {
+	for _, tr := range env.e.llq.subs[id].pending {
 		if retransmitting(tr.ev) {
 			armed++
 		}
@@ -307,10 +307,10 @@ func TestAckFromElsewhereIgnored(t *testing.T) {
 	ev, _ := c.read(t, wait)
 	wantEvent(t, ev, qWWW, id)
 
-	env.e.serve(ackFor(t, ev), netip.MustParseAddrPort("127.0.0.9:1"), false)
+	env.e.llq.serve(ackFor(t, ev), netip.MustParseAddrPort("127.0.0.9:1"), false)
 	wrongID := ev.Copy()
 	only(t, wrongID).Id = id + 1
-	env.e.serve(ackFor(t, wrongID), c.addr, false)
+	env.e.llq.serve(ackFor(t, wrongID), c.addr, false)
 	if acked.moved(t) != 0 {
 		t.Fatalf("foreign acks counted")
 	}
@@ -432,7 +432,7 @@ func TestLargeRetransmitSettings(t *testing.T) {
 		e2, _ := c.read(t, wait)
 		wantEvent(t, e2, qWWW, id)
 		env.e.mu.Lock()
-		pending := len(env.e.t.subs[id].pending)
+		pending := len(env.e.llq.subs[id].pending)
 		env.e.mu.Unlock()
 		if pending != 2 {
 			t.Fatalf("retransmit %v %d: %d packets pending, want 2", tc.interval, tc.attempts, pending)
@@ -482,7 +482,7 @@ func TestRetransmitBackoffSchedule(t *testing.T) {
 	wantEvent(t, first, qWWW, id)
 
 	env.e.mu.Lock()
-	s := env.e.t.subs[id]
+	s := env.e.llq.subs[id]
 	ev := s.pending[0].ev
 	env.e.mu.Unlock()
 	due := func() time.Duration { // retry time after the latest transmission
@@ -504,7 +504,7 @@ func TestRetransmitBackoffSchedule(t *testing.T) {
 		t.Fatalf("first retry after %v, want 1h", d)
 	}
 	for i, want := range []time.Duration{2 * time.Hour, 4 * time.Hour, 8 * time.Hour} {
-		env.e.retransmit(ev)
+		env.e.llq.retransmit(ev)
 		re, _ := c.read(t, wait)
 		wantEvent(t, re, qWWW, id)
 		sameRRs(t, re.Answer, rrStrings(first.Answer)...)
@@ -512,7 +512,7 @@ func TestRetransmitBackoffSchedule(t *testing.T) {
 			t.Fatalf("retry %d after %v, want %v", i+2, d, want)
 		}
 	}
-	env.e.retransmit(ev) // four transmissions went unanswered: give up
+	env.e.llq.retransmit(ev) // four transmissions went unanswered: give up
 	if st := env.e.Stats(); st.LLQs != 0 {
 		t.Fatalf("LLQ kept after 4 unacknowledged transmissions")
 	}
@@ -522,7 +522,7 @@ func TestRetransmitBackoffSchedule(t *testing.T) {
 	if armed {
 		t.Fatalf("retry timer left armed after the drop")
 	}
-	env.e.retransmit(ev) // a late firing finds the LLQ gone and does nothing
+	env.e.llq.retransmit(ev) // a late firing finds the LLQ gone and does nothing
 	if m, ok := c.quiet(100 * time.Millisecond); !ok {
 		t.Fatalf("sent after the drop: %v", m)
 	}
@@ -532,7 +532,7 @@ func TestRetransmitBackoffSchedule(t *testing.T) {
 // IPv4 client go out in v4-mapped form, in a batch.
 func TestEventDualStackListener(t *testing.T) {
 	env := newTestEnv(t, func(c *config) { c.listen = ":0" })
-	if !env.e.ln.v6 {
+	if !env.e.llq.ln.v6 {
 		t.Fatalf("a wildcard listener should be dual-stack IPv6")
 	}
 	c := newUDPClient(t)
@@ -578,7 +578,7 @@ func TestRetryRound(t *testing.T) {
 	eventually(t, "the ack", func() bool {
 		env.e.mu.Lock()
 		defer env.e.mu.Unlock()
-		for _, s := range env.e.t.subs {
+		for _, s := range env.e.llq.subs {
 			if s.client == acking.addr {
 				return s.pending[0].acked
 			}
@@ -588,7 +588,7 @@ func TestRetryRound(t *testing.T) {
 
 	env.e.mu.Lock()
 	var ev *event
-	for _, s := range env.e.t.subs {
+	for _, s := range env.e.llq.subs {
 		if s.client == silent.addr {
 			ev = s.pending[0].ev
 		}

@@ -21,7 +21,7 @@ import (
 // with QR=1 before a plugin sees it, and event acknowledgements are such
 // messages, so the LLQ exchange cannot live on CoreDNS's port.
 type listener struct {
-	e     *Engine
+	llq   *llqTransport
 	udp   *net.UDPConn
 	batch batchConn
 	v6    bool // the UDP socket is IPv6 (possibly dual-stack)
@@ -36,7 +36,7 @@ type listener struct {
 	open   map[net.Conn]struct{}
 }
 
-func listen(addr string, e *Engine) (*listener, error) {
+func listen(addr string, lt *llqTransport) (*listener, error) {
 	ua, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return nil, err
@@ -47,7 +47,7 @@ func listen(addr string, e *Engine) (*listener, error) {
 	}
 	_ = udp.SetReadBuffer(4 << 20)
 	_ = udp.SetWriteBuffer(4 << 20)
-	l := &listener{e: e, udp: udp, tcp: tcp, gate: newConnGate(), stop: make(chan struct{}), asides: make(chan struct{}, maxSetupsAside), open: make(map[net.Conn]struct{})}
+	l := &listener{llq: lt, udp: udp, tcp: tcp, gate: newConnGate(), stop: make(chan struct{}), asides: make(chan struct{}, maxSetupsAside), open: make(map[net.Conn]struct{})}
 	// Go opens an AF_INET socket only for a specific IPv4 address; a
 	// wildcard, even 0.0.0.0, gets a dual-stack AF_INET6 one, whose local
 	// address then reads [::].
@@ -180,7 +180,7 @@ func (l *listener) serveUDP() {
 			case challengeResponse(b) && !l.e.topicsExist(b):
 				l.setupAside(b, src)
 			default:
-				reply = l.e.serve(b, src, false)
+				reply = l.llq.serve(b, src, false)
 			}
 			if reply != nil {
 				l.writeTo(reply, src)
@@ -253,7 +253,7 @@ func (l *listener) setupAside(b []byte, src netip.AddrPort) {
 	l.wg.Add(1)
 	go func() {
 		defer func() { <-l.asides; l.wg.Done() }()
-		if reply := l.e.serve(b, src, false); reply != nil {
+		if reply := l.llq.serve(b, src, false); reply != nil {
 			l.writeTo(reply, src)
 		}
 	}()
@@ -264,7 +264,7 @@ func (l *listener) serveTCP() {
 	acceptLoop(l.tcp, l.stop, func(c net.Conn) {
 		src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-		cfg := l.e.config()
+		cfg := l.llq.e.config()
 		client := cfg.clientBits.key(src.Addr())
 		if !l.gate.enter(client, cfg.conns) {
 			c.Close()
@@ -302,15 +302,15 @@ func (l *listener) serveConn(c net.Conn, src netip.AddrPort, client netip.Prefix
 		l.wg.Done()
 	}()
 	var held heldLLQs
-	deadline := time.Now().Add(l.e.config().conns.idle)
+	deadline := time.Now().Add(l.llq.e.config().conns.idle)
 	for {
 		c.SetReadDeadline(deadline)
-		lim := l.e.config().conns
+		lim := l.llq.e.config().conns
 		msg, err := f.next(lim)
 		if err != nil {
 			var ne net.Error
 			timeout := errors.As(err, &ne) && ne.Timeout()
-			if timeout && !f.partial && l.e.holds(&held, src.Addr()) {
+			if timeout && !f.partial && l.llq.holds(&held, src.Addr()) {
 				deadline = time.Now().Add(lim.idle)
 				continue
 			}
@@ -322,7 +322,7 @@ func (l *listener) serveConn(c net.Conn, src netip.AddrPort, client netip.Prefix
 			}
 			return
 		}
-		reply := l.e.serve(msg, src, true)
+		reply := l.llq.serve(msg, src, true)
 		f.done()
 		if reply != nil {
 			held.note(reply)
@@ -334,7 +334,7 @@ func (l *listener) serveConn(c net.Conn, src netip.AddrPort, client netip.Prefix
 				return
 			}
 		}
-		if l.e.holds(&held, src.Addr()) {
+		if l.llq.holds(&held, src.Addr()) {
 			deadline = time.Now().Add(lim.idle)
 		}
 	}
@@ -364,13 +364,13 @@ func (h *heldLLQs) note(reply []byte) {
 
 // holds reports whether one of held is a live LLQ of the client at addr,
 // and forgets those that are not.
-func (e *Engine) holds(held *heldLLQs, addr netip.Addr) bool {
+func (l *llqTransport) holds(held *heldLLQs, addr netip.Addr) bool {
 	if len(*held) == 0 {
 		return false
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	*held = slices.DeleteFunc(*held, func(id uint64) bool { return !e.known(id, addr) })
+	l.e.mu.Lock()
+	defer l.e.mu.Unlock()
+	*held = slices.DeleteFunc(*held, func(id uint64) bool { return !l.known(id, addr) })
 	return len(*held) > 0
 }
 

@@ -111,9 +111,9 @@ func TestListenerCloseWithOpenConnection(t *testing.T) {
 	// Make sure the connection is being served before closing.
 	conn.Write([]byte{0, 0})
 	eventually(t, "the connection to be accepted", func() bool {
-		e.ln.mu.Lock()
-		defer e.ln.mu.Unlock()
-		return len(e.ln.open) == 1
+		e.llq.ln.mu.Lock()
+		defer e.llq.ln.mu.Unlock()
+		return len(e.llq.ln.open) == 1
 	}, wait)
 	done := make(chan struct{})
 	go func() { e.close(); close(done) }()

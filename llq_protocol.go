@@ -15,7 +15,7 @@ import (
 // terminate and event acknowledgements. Replies never carry more than the
 // request did until the client has proven its address (no amplification):
 // only the ACK after a valid challenge response carries answers.
-func (e *Engine) serve(b []byte, src netip.AddrPort, tcp bool) (packed []byte) {
+func (l *llqTransport) serve(b []byte, src netip.AddrPort, tcp bool) (packed []byte) {
 	defer func() {
 		// Enforce the no-amplification rule whatever the request looks like:
 		// compression pointers into the middle of labels (or into other
@@ -31,7 +31,7 @@ func (e *Engine) serve(b []byte, src netip.AddrPort, tcp bool) (packed []byte) {
 		// A response: the only ones a client sends are event acks. Never
 		// answer one, whatever it holds (two servers could bounce errors
 		// forever).
-		wire.EventAcks(b, func(msgID uint16, llqID uint64) { e.acknowledge(msgID, llqID, src) })
+		wire.EventAcks(b, func(msgID uint16, llqID uint64) { l.acknowledge(msgID, llqID, src) })
 		return nil
 	}
 	m := new(dns.Msg)
@@ -67,7 +67,7 @@ func (e *Engine) serve(b []byte, src netip.AddrPort, tcp bool) (packed []byte) {
 		reply.Rcode = dns.RcodeRefused
 		return pack(reply)
 	}
-	udpSize := e.config().udpSize
+	udpSize := l.e.config().udpSize
 	if opt.Version() != 0 {
 		reply.Rcode = dns.RcodeBadVers
 		wire.SetOptions(reply, udpSize)
@@ -109,7 +109,7 @@ func (e *Engine) serve(b []byte, src netip.AddrPort, tcp bool) (packed []byte) {
 	out := make([]*dns.EDNS0_LLQ, len(opts))
 	for i, o := range opts {
 		var answers []dns.RR
-		out[i], answers = e.question(m.Question[i], o, src, tcp, clientSize, now)
+		out[i], answers = l.question(m.Question[i], o, src, tcp, clientSize, now)
 		reply.Answer = append(reply.Answer, answers...)
 		countError(out[i].Error)
 	}
@@ -136,14 +136,14 @@ func (e *Engine) serve(b []byte, src netip.AddrPort, tcp bool) (packed []byte) {
 }
 
 // question handles the LLQ option of one question.
-func (e *Engine) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.AddrPort, tcp bool, udpSize uint16, now time.Time) (*dns.EDNS0_LLQ, []dns.RR) {
+func (l *llqTransport) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.AddrPort, tcp bool, udpSize uint16, now time.Time) (*dns.EDNS0_LLQ, []dns.RR) {
 	fail := func(code uint16, lease uint32) (*dns.EDNS0_LLQ, []dns.RR) {
 		return wire.NewOption(o.Opcode, code, o.Id, lease), nil
 	}
 	if o.Version != wire.Version {
 		return fail(wire.BadVers, 0) // NewOption sets our version
 	}
-	cfg := e.config()
+	cfg := l.e.config()
 	switch o.Opcode {
 	case wire.OpSetup:
 		// One trip through the engine lock for what setup checks before
@@ -152,14 +152,14 @@ func (e *Engine) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.AddrPort, 
 		// exists already (known).
 		var full *setupError
 		exists := false
-		e.mu.Lock()
-		b, _ := e.backendFor(keyOf(q).name)
+		l.e.mu.Lock()
+		b, _ := l.e.backendFor(keyOf(q).name)
 		if b != nil && o.Id == 0 && !tcp {
-			full = e.precheck(src.Addr())
+			full = l.precheck(src.Addr())
 		} else if b != nil && o.Id != 0 {
-			exists = e.known(o.Id, src.Addr())
+			exists = l.known(o.Id, src.Addr())
 		}
-		e.mu.Unlock()
+		l.e.mu.Unlock()
 		if b == nil {
 			setups.WithLabelValues("static").Inc()
 			return fail(wire.Static, 0)
@@ -183,14 +183,14 @@ func (e *Engine) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.AddrPort, 
 					return fail(full.code, full.lease)
 				}
 				setups.WithLabelValues("challenged").Inc()
-				return wire.NewOption(wire.OpSetup, wire.NoError, e.chal.issue(now, src, q), lease), nil
+				return wire.NewOption(wire.OpSetup, wire.NoError, l.chal.issue(now, src, q), lease), nil
 			}
-			id = e.chal.issue(now, client, q)
-		} else if !exists && (tcp || !e.chal.valid(id, now, time.Duration(lease)*time.Second, src, q)) {
+			id = l.chal.issue(now, client, q)
+		} else if !exists && (tcp || !l.chal.valid(id, now, time.Duration(lease)*time.Second, src, q)) {
 			setups.WithLabelValues("bad-challenge").Inc()
 			return fail(wire.NoSuchLLQ, 0)
 		}
-		answers, granted, err := e.establish(id, q, client, lease, udpSize, now)
+		answers, granted, err := l.establish(id, q, client, lease, udpSize, now)
 		if err != nil {
 			if err.limit {
 				setups.WithLabelValues("serv-full").Inc()
@@ -204,7 +204,7 @@ func (e *Engine) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.AddrPort, 
 		if tcp {
 			port = o.Error // 0 keeps the event port
 		}
-		granted, err := e.refresh(o.Id, q, src, port, o.LeaseLife, now)
+		granted, err := l.refresh(o.Id, q, src, port, o.LeaseLife, now)
 		if err != nil {
 			return fail(err.code, err.lease)
 		}
@@ -215,15 +215,15 @@ func (e *Engine) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.AddrPort, 
 
 // precheck tells a client at setup time that a count limit would refuse its
 // LLQ, before it bothers with the challenge. Call with e.mu held.
-func (e *Engine) precheck(addr netip.Addr) *setupError {
-	return e.admit(addr)
+func (l *llqTransport) precheck(addr netip.Addr) *setupError {
+	return l.admit(addr)
 }
 
 // known reports whether LLQ id exists for a client at addr: a repeated
 // challenge response (the ACK got lost) or one repeated over TCP after a
 // truncated ACK. Call with e.mu held.
-func (e *Engine) known(id uint64, addr netip.Addr) bool {
-	s, ok := e.t.subs[id]
+func (l *llqTransport) known(id uint64, addr netip.Addr) bool {
+	s, ok := l.subs[id]
 	return ok && s.client.Addr() == addr
 }
 

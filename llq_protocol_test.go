@@ -237,7 +237,7 @@ func TestRefresh(t *testing.T) {
 			t.Fatalf("refresh %d: got %v, want ID %x lease %d", tc.asked, o, id, tc.granted)
 		}
 		env.e.mu.Lock()
-		left := env.e.t.subs[id].remaining(time.Now())
+		left := env.e.llq.subs[id].remaining(time.Now())
 		env.e.mu.Unlock()
 		if left > tc.granted || left < tc.granted-5 {
 			t.Fatalf("lease left %d after granting %d", left, tc.granted)
@@ -276,7 +276,7 @@ func TestTerminate(t *testing.T) {
 	ns1, _ := env.establish(t, clientA, 1232, qNS1, 3600)
 	terminated := track(t, terminations)
 	env.e.mu.Lock()
-	sub := env.e.t.subs[id]
+	sub := env.e.llq.subs[id]
 	env.e.mu.Unlock()
 
 	r := env.exchange(t, llqMsg(5, 1232, []dns.Question{qWWW}, refreshOpt(id, 0)), clientA, false)
@@ -367,7 +367,7 @@ func TestOptionLength(t *testing.T) {
 		}
 	}
 	// Too short for miekg/dns to parse at all: a bare FORMERR header.
-	out := env.e.serve(withOptionLength(t, raw, 17), clientA, false)
+	out := env.e.llq.serve(withOptionLength(t, raw, 17), clientA, false)
 	if len(out) != 12 || out[0] != 0x42 || out[1] != 0x42 || out[2]&0x80 == 0 || out[3]&0x0F != dns.RcodeFormatError {
 		t.Fatalf("length 17: reply % x, want a FORMERR header", out)
 	}
@@ -518,7 +518,7 @@ func TestGarbage(t *testing.T) {
 		if i%2 == 0 && len(b) > 2 {
 			b[2] &^= 0x80 // a query
 		}
-		out := env.e.serve(b, clientA, false)
+		out := env.e.llq.serve(b, clientA, false)
 		if out == nil {
 			continue
 		}
@@ -532,22 +532,22 @@ func TestGarbage(t *testing.T) {
 	}
 	// Unparseable queries get a bare FORMERR header...
 	q := []byte{0xAB, 0xCD, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0x05, 'x'}
-	out := env.e.serve(q, clientA, false)
+	out := env.e.llq.serve(q, clientA, false)
 	if !bytes.Equal(out, []byte{0xAB, 0xCD, 0x80, dns.RcodeFormatError, 0, 0, 0, 0, 0, 0, 0, 0}) {
 		t.Fatalf("FORMERR header % x", out)
 	}
 	// ...unparseable responses and runts nothing.
 	q[2] |= 0x80
-	if out := env.e.serve(q, clientA, false); out != nil {
+	if out := env.e.llq.serve(q, clientA, false); out != nil {
 		t.Fatalf("answered a broken response: % x", out)
 	}
-	if out := env.e.serve([]byte{1, 2, 3}, clientA, false); out != nil {
+	if out := env.e.llq.serve([]byte{1, 2, 3}, clientA, false); out != nil {
 		t.Fatalf("answered a runt: % x", out)
 	}
 	// A well-formed response that is no event ack is ignored too.
 	resp := llqMsg(9, 1232, []dns.Question{qWWW}, setupOpt(0, 3600))
 	resp.Response = true
-	if out := env.e.serve(packMsg(t, resp), clientA, false); out != nil {
+	if out := env.e.llq.serve(packMsg(t, resp), clientA, false); out != nil {
 		t.Fatalf("answered a response: % x", out)
 	}
 }
@@ -567,7 +567,7 @@ func TestTCPSetup(t *testing.T) {
 	}
 	sameRRs(t, r.Answer, wwwRecords...)
 	env.e.mu.Lock()
-	s := env.e.t.subs[got.Id]
+	s := env.e.llq.subs[got.Id]
 	env.e.mu.Unlock()
 	if s == nil || s.client != netip.MustParseAddrPort("127.0.0.2:5353") {
 		t.Fatalf("events go to %v, want 127.0.0.2:5353", s)
@@ -577,7 +577,7 @@ func TestTCPSetup(t *testing.T) {
 	r = env.exchange(t, llqMsg(0, 1232, []dns.Question{qNS1}, setupOpt(0, 3600)), tcpSrc, true)
 	id := only(t, r).Id
 	env.e.mu.Lock()
-	s = env.e.t.subs[id]
+	s = env.e.llq.subs[id]
 	env.e.mu.Unlock()
 	if s == nil || s.client != tcpSrc {
 		t.Fatalf("events go to %v, want %v", s, tcpSrc)
@@ -596,7 +596,7 @@ func TestTCPSetup(t *testing.T) {
 		t.Fatalf("TCP refresh: %v", o)
 	}
 	env.e.mu.Lock()
-	to := env.e.t.subs[id].client
+	to := env.e.llq.subs[id].client
 	env.e.mu.Unlock()
 	if to != netip.MustParseAddrPort("127.0.0.2:6000") {
 		t.Fatalf("events go to %v after a TCP refresh naming port 6000", to)
@@ -750,7 +750,7 @@ func TestNoAmplification(t *testing.T) {
 		if n := len(unpackMsg(t, req).Question); n != 100 {
 			t.Fatalf("built %d questions", n)
 		}
-		out := env.e.serve(req, clientA, false)
+		out := env.e.llq.serve(req, clientA, false)
 		if len(out) > len(req) {
 			t.Errorf("%s: %d-byte request drew a %d-byte reply", tc.name, len(req), len(out))
 		}
@@ -763,7 +763,7 @@ func TestNoAmplification(t *testing.T) {
 	for name, m := range map[string]*dns.Msg{"badvers": badvers, "notimp": notimp} {
 		m.Compress = true
 		req := packMsg(t, m)
-		out := env.e.serve(req, clientA, false)
+		out := env.e.llq.serve(req, clientA, false)
 		if len(out) > len(req) {
 			t.Errorf("%s: %d-byte request drew a %d-byte reply", name, len(req), len(out))
 		}
@@ -814,11 +814,11 @@ func TestNoAmplificationMidLabelPointers(t *testing.T) {
 	env := newTestEnv(t, nil)
 	for _, llq := range []bool{false, true} { // REFUSED, and STATIC for each question
 		req := midLabelQuestions(t, 49, llq)
-		if out := env.e.serve(req, clientA, false); len(out) > len(req) {
+		if out := env.e.llq.serve(req, clientA, false); len(out) > len(req) {
 			t.Errorf("llq %v: %d-byte request drew a %d-byte reply", llq, len(req), len(out))
 		}
 		// Over TCP the source address is proven: the reply may be large.
-		if out := env.e.serve(req, clientA, true); out == nil {
+		if out := env.e.llq.serve(req, clientA, true); out == nil {
 			t.Errorf("llq %v: no reply over TCP", llq)
 		}
 	}

@@ -88,7 +88,7 @@ func TestFailedResolutionIsNoRemoval(t *testing.T) {
 			t.Fatalf("%s re-resolution sent %v", mode, m)
 		}
 		env.e.mu.Lock()
-		n := len(env.e.t.subs[id].topic.answers)
+		n := len(env.e.llq.subs[id].topic.answers)
 		env.e.mu.Unlock()
 		if n != 2 {
 			t.Fatalf("%s re-resolution left %d answers, want the 2 there were", mode, n)

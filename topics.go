@@ -8,8 +8,9 @@ import (
 	"github.com/miekg/dns"
 )
 
-// topicKey identifies a question; all LLQs for the same question share one
-// topic and therefore one re-resolution per change.
+// topicKey identifies a question; all subscriptions to the same question,
+// whatever their transport, share one topic and therefore one
+// re-resolution per change.
 type topicKey struct {
 	name   string // lower-cased, fully qualified
 	qtype  uint16
@@ -26,7 +27,8 @@ type topic struct {
 	zone     string       // the served zone whose backend answers it
 	answers  answerSet    // change it with setAnswers only
 	sorted   []dns.RR     // answers in order, built on demand; nil when not yet built
-	subs     map[uint64]*subscription
+	subs     map[subscriber]struct{}
+	owners   []ownerCount   // subscribers per transport, so that a change visits only those with some
 	client   netip.AddrPort // presented to the backend when re-resolving
 	// resolving is set while the topic waits for or undergoes a
 	// re-resolution, again when a change came meanwhile; see changeQueue.
@@ -39,11 +41,17 @@ type topic struct {
 // fire runs when a topic's retry is due.
 func (t *topic) fire() {
 	t.e.mu.Lock()
-	live := t.e.t.topics[t.key] == t
+	live := t.e.topics[t.key] == t
 	t.e.mu.Unlock()
 	if live {
 		t.e.retryTopic(t)
 	}
+}
+
+// ownerCount is how many of a topic's subscribers one transport owns.
+type ownerCount struct {
+	tr transport
+	n  int
 }
 
 // records returns t's answers in a deterministic order. Every ACK carries
@@ -63,101 +71,55 @@ func (t *topic) setAnswers(a answerSet) {
 	t.sorted = nil
 }
 
-// subscription is one LLQ. Fields are ordered so that the small ones share
-// a word: there is one of these per LLQ.
+// add inserts s, owned by tr.
+func (t *topic) add(s subscriber, tr transport) {
+	t.subs[s] = struct{}{}
+	for i := range t.owners {
+		if t.owners[i].tr == tr {
+			t.owners[i].n++
+			return
+		}
+	}
+	t.owners = append(t.owners, ownerCount{tr, 1})
+}
+
+// remove deletes s, owned by tr.
+func (t *topic) remove(s subscriber, tr transport) {
+	delete(t.subs, s)
+	for i := range t.owners {
+		if t.owners[i].tr == tr {
+			t.owners[i].n--
+			return
+		}
+	}
+}
+
+// A transport carries changes to the subscribers it owns, in its own
+// messages: LLQ events over UDP, PUSH messages on a DNS Push session. The
+// engine knows topics and answers; framing, batching, acknowledgement and
+// retry are the transport's.
+type transport interface {
+	// changed tells the transport that t's answers changed: added and
+	// removed are record keys (see wire.RecordKey), old holds the removed
+	// records and t.answers the added ones. It is called with e.mu held,
+	// once per change of a topic in which the transport owns a
+	// subscriber, and returns what to do once the lock is released (the
+	// writes), or nil.
+	changed(t *topic, added, removed []string, old answerSet, now time.Time) func()
+}
+
+// subscriber is one subscription, of whatever transport, as a topic holds
+// it: the transport's own type, which embeds subscription.
+type subscriber interface {
+	base() *subscription
+}
+
+// subscription is the engine's part of a subscriber: which topic, and
+// whether it has left. A lease, if any, is the transport's business: an LLQ
+// has one, a DNS Push subscription lives as long as its session.
 type subscription struct {
-	id      uint64
-	topic   *topic
-	e       *Engine        // for the lease timer, which fires with s alone
-	client  netip.AddrPort // where events go
-	expires time.Time      // end of the last granted lease
-	expiry  timer          // embedded, see firer; initialised by establish
-	pending []transmission // unacknowledged event packets, oldest first
-	udpSize uint16         // largest event packet the client accepts
-	gone    bool           // removed from the table; timers still pointing here must do nothing
+	topic *topic
+	gone  bool // left its topic; timers still pointing at it must do nothing
 }
 
-// fire runs when s's lease timer is due.
-func (s *subscription) fire() { s.e.expire(s) }
-
-// remaining is the lease left at now, in whole seconds, for event packets.
-func (s *subscription) remaining(now time.Time) uint32 {
-	d := s.expires.Sub(now)
-	if d < 0 {
-		return 0
-	}
-	return uint32((d + time.Second - 1) / time.Second)
-}
-
-// table is the engine's state: LLQs by ID, topics by question, and the count
-// of LLQs per client (see clientBits) that the per-client limit needs. The
-// engine's mutex guards it.
-type table struct {
-	subs      map[uint64]*subscription
-	topics    map[topicKey]*topic
-	perClient map[netip.Prefix]int
-	bits      clientBits // what perClient is keyed by
-}
-
-func newTable(bits clientBits) table {
-	return table{
-		subs:      make(map[uint64]*subscription),
-		topics:    make(map[topicKey]*topic),
-		perClient: make(map[netip.Prefix]int),
-		bits:      bits,
-	}
-}
-
-// add inserts s into its topic and the indexes.
-func (t *table) add(s *subscription) {
-	t.subs[s.id] = s
-	s.topic.subs[s.id] = s
-	t.perClient[t.bits.key(s.client.Addr())]++
-}
-
-// remove deletes s everywhere and drops its topic when s was the last
-// subscriber. It reports whether s was still in the table.
-func (t *table) remove(s *subscription) bool {
-	if s.gone {
-		return false
-	}
-	s.gone = true
-	delete(t.subs, s.id)
-	delete(s.topic.subs, s.id)
-	if len(s.topic.subs) == 0 {
-		delete(t.topics, s.topic.key)
-	}
-	t.uncount(s.client.Addr())
-	s.pending = nil
-	return true
-}
-
-func (t *table) uncount(a netip.Addr) {
-	k := t.bits.key(a)
-	if t.perClient[k] <= 1 {
-		delete(t.perClient, k)
-	} else {
-		t.perClient[k]--
-	}
-}
-
-// move changes the address events go to, keeping the per-client counts right.
-func (t *table) move(s *subscription, to netip.AddrPort) {
-	if s.client.Addr() != to.Addr() {
-		t.uncount(s.client.Addr())
-		t.perClient[t.bits.key(to.Addr())]++
-	}
-	s.client = to
-}
-
-// rekey recounts the LLQs per client when a reload changes what a client is.
-func (t *table) rekey(bits clientBits) {
-	if bits == t.bits {
-		return
-	}
-	t.bits = bits
-	clear(t.perClient)
-	for _, s := range t.subs {
-		t.perClient[bits.key(s.client.Addr())]++
-	}
-}
+func (s *subscription) base() *subscription { return s }
