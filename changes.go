@@ -248,7 +248,7 @@ func (c *changeQueue) update(w work) {
 	if w.b == nil {
 		return
 	}
-	rrs, ok := w.b.lookup(w.t.question, w.t.client)
+	rrs, ok := askTopic(w.b, w.t.key, w.t.question, w.t.client)
 	resolutions.WithLabelValues(w.trigger).Inc()
 	now := time.Now()
 	e.mu.Lock()

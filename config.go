@@ -22,6 +22,19 @@ type config struct {
 	clientBits     clientBits    // how much of an address is one client for per-client limits
 	conns          connLimits    // TCP connections
 	handoff        bool          // queries below llq run on warm workers (handoff.go)
+
+	// DNS Push over TLS (push_*.go), off while tlsCert is "".
+	tlsCert, tlsKey, tlsCA string
+	tlsListen              string
+	pushInactivity         time.Duration // inactivity timeout granted to sessions
+	pushKeepalive          time.Duration // keepalive interval granted to sessions
+	maxSessions            int
+	maxSessionsPerClient   int
+	maxPushSubs            int // DNS Push subscriptions in all sessions
+	maxSubsPerSession      int
+	handshakeTimeout       time.Duration
+	maxQueued              int           // bytes waiting to be written to one session
+	retryDelay             time.Duration // Retry Delay on overload, reconfiguration and shutdown
 }
 
 func defaultConfig() *config {
@@ -42,6 +55,20 @@ func defaultConfig() *config {
 		clientBits:     defaultClientBits,
 		conns:          defaultConnLimits,
 		handoff:        true,
+
+		tlsListen:            ":853",
+		pushInactivity:       time.Minute,
+		pushKeepalive:        time.Hour,
+		maxSessions:          10000,
+		maxSessionsPerClient: 100,
+		maxPushSubs:          100000,
+		maxSubsPerSession:    1000,
+		handshakeTimeout:     10 * time.Second,
+		maxQueued:            256 << 10,
+		// Apple's client reads a Retry Delay's milliseconds as seconds: a
+		// second is a short wait for a client that reads it right, and no
+		// longer than its own poll interval for one that does not.
+		retryDelay: time.Second,
 	}
 }
 

@@ -34,6 +34,7 @@ type Engine struct {
 	changes *changeQueue
 	watch   *watchers
 	llq     *llqTransport
+	push    *pushTransport // nil without a tls line
 
 	key  string // listen address it was created for; the registry's key
 	refs int    // plugin instances using the engine; guarded by the registry lock
@@ -55,6 +56,14 @@ func newEngine(cfg *config) (*Engine, error) {
 		return nil, err
 	}
 	e.llq = l
+	if cfg.tlsCert != "" {
+		if e.push, err = newPushTransport(e, cfg); err != nil {
+			l.ln.close()
+			e.sched.close()
+			e.changes.close()
+			return nil, err
+		}
+	}
 	e.watch.start()
 	publishLimits(cfg)
 	return e, nil
@@ -64,6 +73,9 @@ func newEngine(cfg *config) (*Engine, error) {
 // subscription.
 func (e *Engine) close() {
 	e.watch.stop()
+	if p := e.pushTransport(); p != nil {
+		p.close()
+	}
 	e.llq.ln.close()
 	e.sched.close()
 	e.changes.close()
@@ -78,6 +90,9 @@ func (e *Engine) close() {
 
 // reconfigure applies a reloaded Corefile's settings. Live LLQs keep their
 // leases until their next refresh.
+//
+// The TLS listener picks up a new certificate; a tls line added starts it,
+// one removed stops it, ending its sessions with a Retry Delay.
 func (e *Engine) reconfigure(cfg *config) {
 	e.cfg.Store(cfg)
 	e.mu.Lock()
@@ -85,6 +100,35 @@ func (e *Engine) reconfigure(cfg *config) {
 	e.mu.Unlock()
 	publishLimits(cfg)
 	e.watch.armPoll()
+	p := e.pushTransport()
+	switch {
+	case p != nil && cfg.tlsCert == "":
+		e.setPush(nil)
+		p.close()
+	case p != nil:
+		if err := p.reconfigure(cfg); err != nil {
+			log.Errorf("TLS listener keeps its certificate: %v", err)
+		}
+	case cfg.tlsCert != "":
+		p, err := newPushTransport(e, cfg)
+		if err != nil {
+			log.Errorf("no TLS listener: %v", err)
+			return
+		}
+		e.setPush(p)
+	}
+}
+
+func (e *Engine) pushTransport() *pushTransport {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.push
+}
+
+func (e *Engine) setPush(p *pushTransport) {
+	e.mu.Lock()
+	e.push = p
+	e.mu.Unlock()
 }
 
 func (e *Engine) config() *config { return e.cfg.Load() }
@@ -107,7 +151,11 @@ func (e *Engine) unregister(owner *LLQ) {
 		}
 	}
 	e.backends = kept
+	p := e.push
 	e.mu.Unlock()
+	if p != nil {
+		p.unserved()
+	}
 }
 
 // backendFor returns the backend serving name (the longest matching zone)
@@ -201,8 +249,12 @@ type joining struct {
 // llq serves no zone containing the name. Call with e.mu held. Every
 // transport admits subscribers through prepare, resolve and join, so that a
 // subscriber of any transport sees what an ordinary query would.
-func (e *Engine) prepare(q dns.Question, client netip.AddrPort) joining {
-	j := joining{q: q, key: keyOf(q), client: client, passes: e.changes.passes}
+//
+// all subscribes to every record at the name (see topicKey).
+func (e *Engine) prepare(q dns.Question, client netip.AddrPort, all bool) joining {
+	key := keyOf(q)
+	key.all = all
+	j := joining{q: q, key: key, client: client, passes: e.changes.passes}
 	j.b, j.zone = e.backendFor(j.key.name)
 	if t := e.topics[j.key]; t != nil {
 		j.prev, j.had = t.answers, true
@@ -222,7 +274,7 @@ func (j *joining) resolve() error {
 	if j.exists() {
 		return nil
 	}
-	rrs, ok := j.b.lookup(j.q, j.client)
+	rrs, ok := askTopic(j.b, j.key, j.q, j.client)
 	if !ok {
 		return errUnresolved
 	}
@@ -284,12 +336,22 @@ func (e *Engine) leave(s subscriber, tr transport) bool {
 // Stats is a snapshot for tests and the command line.
 type Stats struct {
 	LLQs, Topics, Timers int
+	Sessions, PushSubs   int // DNS Push
 }
 
 func (e *Engine) Stats() Stats {
 	e.mu.Lock()
 	st := Stats{LLQs: len(e.llq.subs), Topics: len(e.topics)}
+	p := e.push
+	if p != nil {
+		st.PushSubs = p.subs
+	}
 	e.mu.Unlock()
+	if p != nil {
+		p.mu.Lock()
+		st.Sessions = len(p.sessions)
+		p.mu.Unlock()
+	}
 	st.Timers = e.sched.len()
 	return st
 }

@@ -130,7 +130,7 @@ func (l *llqTransport) establish(id uint64, q dns.Question, client netip.AddrPor
 		return nil, 0, err
 	}
 	cfg := e.config()
-	j := e.prepare(q, client)
+	j := e.prepare(q, client, false)
 	e.mu.Unlock()
 
 	if j.b == nil {

@@ -22,6 +22,16 @@ var (
 	limitGauge = promauto.NewGaugeVec(prometheus.GaugeOpts{Namespace: plugin.Namespace, Subsystem: "llq",
 		Name: "limit", Help: "Configured limits."}, []string{"limit"})
 
+	sessionsGauge = promauto.NewGauge(prometheus.GaugeOpts{Namespace: plugin.Namespace, Subsystem: "llq",
+		Name: "push_sessions", Help: "Open DNS Push (DSO) sessions."})
+	pushSubsGauge = promauto.NewGauge(prometheus.GaugeOpts{Namespace: plugin.Namespace, Subsystem: "llq",
+		Name: "push_subscriptions", Help: "Live DNS Push subscriptions."})
+	sessionsEnded = counterVec("push_sessions_ended_total", "DNS Push sessions ended, by reason.", "reason")
+	subscribes    = counterVec("push_subscribes_total", "DNS Push SUBSCRIBE requests, by result.", "result")
+	reconfirms    = counter("push_reconfirms_total", "DNS Push RECONFIRM messages.")
+	retryDelays   = counterVec("push_retry_delays_total", "Retry Delays sent to end DNS Push sessions, by reason.", "reason")
+	pushesSent    = counter("push_messages_total", "DNS Push PUSH messages sent.")
+
 	setups          = counterVec("setups_total", "LLQ setup messages by result.", "result")
 	refreshes       = counter("refreshes_total", "LLQ leases refreshed.")
 	terminations    = counter("terminations_total", "LLQs terminated by their client.")
@@ -50,4 +60,10 @@ func publishLimits(c *config) {
 	limitGauge.WithLabelValues("max-read-buffers").Set(float64(c.conns.buffers))
 	limitGauge.WithLabelValues("client-prefix-ipv6").Set(float64(c.clientBits.v6))
 	limitGauge.WithLabelValues("client-prefix-ipv4").Set(float64(c.clientBits.v4))
+	limitGauge.WithLabelValues("max-sessions").Set(float64(c.maxSessions))
+	limitGauge.WithLabelValues("max-sessions-per-client").Set(float64(c.maxSessionsPerClient))
+	limitGauge.WithLabelValues("max-subscriptions").Set(float64(c.maxPushSubs))
+	limitGauge.WithLabelValues("max-subscriptions-per-session").Set(float64(c.maxSubsPerSession))
+	limitGauge.WithLabelValues("max-queued-bytes").Set(float64(c.maxQueued))
+	limitGauge.WithLabelValues("tls-handshake-timeout-seconds").Set(c.handshakeTimeout.Seconds())
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/plugin"
 	clog "github.com/coredns/coredns/plugin/pkg/log"
+	"github.com/llqdns/llq/dso"
 	"github.com/miekg/dns"
 )
 
@@ -52,6 +53,11 @@ func setup(c *caddy.Controller) error {
 	if err != nil {
 		return plugin.Error("llq", err)
 	}
+	if cfg.tlsCert != "" {
+		if _, err := loadTLS(cfg); err != nil { // fail the load, not the first handshake
+			return plugin.Error("llq", err)
+		}
+	}
 	l := &LLQ{Zones: zones, cfg: cfg}
 	conf := dnsserver.GetConfig(c)
 
@@ -66,6 +72,9 @@ func setup(c *caddy.Controller) error {
 		e.register(&backend{owner: l, zones: zones, handler: below(conf, l), started: started})
 		e.watch.add(probes(conf, l, e)...)
 		log.Infof("LLQ listener on %s for %v", e.Addr(), zones)
+		if p := e.pushTransport(); p != nil {
+			log.Infof("DNS Push (TLS) listener on %s", p.Addr())
+		}
 		return nil
 	})
 	c.OnShutdown(func() error {
@@ -217,6 +226,53 @@ func parse(c *caddy.Controller) ([]string, *config, error) {
 					err = fmt.Errorf("not a domain name: %q", args[0])
 				}
 				cfg.srvTarget = dns.Fqdn(args[0])
+			case "tls":
+				if len(args) < 2 || len(args) > 3 {
+					return nil, nil, c.ArgErr()
+				}
+				cfg.tlsCert, cfg.tlsKey = args[0], args[1]
+				if len(args) == 3 {
+					cfg.tlsCA = args[2]
+				}
+			case "tls-listen":
+				if len(args) != 1 {
+					return nil, nil, c.ArgErr()
+				}
+				cfg.tlsListen = args[0]
+			case "push-keepalive":
+				if len(args) != 2 {
+					return nil, nil, c.ArgErr()
+				}
+				if cfg.pushInactivity, err = duration(args[0]); err == nil {
+					cfg.pushKeepalive, err = duration(args[1])
+				}
+				// RFC 8490 section 7.1: a client aborts on an interval below 10 s.
+				if err == nil && cfg.pushKeepalive < dso.MinKeepaliveInterval {
+					err = fmt.Errorf("keepalive interval below %s", dso.MinKeepaliveInterval)
+				}
+			case "max-sessions":
+				cfg.maxSessions, err = count(args)
+			case "max-sessions-per-client":
+				cfg.maxSessionsPerClient, err = count(args)
+			case "max-subscriptions":
+				cfg.maxPushSubs, err = count(args)
+			case "max-subscriptions-per-session":
+				cfg.maxSubsPerSession, err = count(args)
+			case "max-queued":
+				cfg.maxQueued, err = count(args)
+			case "tls-handshake-timeout":
+				if len(args) != 1 {
+					return nil, nil, c.ArgErr()
+				}
+				cfg.handshakeTimeout, err = duration(args[0])
+				if err == nil && cfg.handshakeTimeout <= 0 {
+					err = fmt.Errorf("want a positive duration")
+				}
+			case "retry-delay":
+				if len(args) != 1 {
+					return nil, nil, c.ArgErr()
+				}
+				cfg.retryDelay, err = duration(args[0])
 			default:
 				return nil, nil, c.Errf("unknown property %q", prop)
 			}

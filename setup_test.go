@@ -124,6 +124,35 @@ func TestParse(t *testing.T) {
 		{input: "llq {\n handoff on\n}", check: func(c *config) bool { return c.handoff }},
 		{input: "llq {\n handoff\n}", err: "want on or off"},
 		{input: "llq {\n handoff no\n}", err: "want on or off"},
+		{input: "llq {\n tls cert.pem key.pem\n}", check: func(c *config) bool {
+			return c.tlsCert == "cert.pem" && c.tlsKey == "key.pem" && c.tlsCA == "" && c.tlsListen == ":853"
+		}},
+		{input: "llq {\n tls cert.pem key.pem ca.pem\n}", check: func(c *config) bool { return c.tlsCA == "ca.pem" }},
+		{input: "llq {\n tls cert.pem\n}", err: "Wrong argument count"},
+		{input: "llq {\n tls a b c d\n}", err: "Wrong argument count"},
+		{input: "llq {\n tls-listen 127.0.0.1:8853\n}", check: func(c *config) bool { return c.tlsListen == "127.0.0.1:8853" }},
+		{input: "llq {\n tls-listen\n}", err: "Wrong argument count"},
+		{input: "llq {\n tls-listen a b\n}", err: "Wrong argument count"},
+
+		{input: "llq {\n push-keepalive 30s 2h\n}", check: func(c *config) bool { return c.pushInactivity == 30*time.Second && c.pushKeepalive == 2*time.Hour }},
+		{input: "llq {\n push-keepalive 0 10\n}", check: func(c *config) bool { return c.pushInactivity == 0 && c.pushKeepalive == 10*time.Second }},
+		{input: "llq {\n push-keepalive 1m 9s\n}", err: "below 10s"},
+		{input: "llq {\n push-keepalive 1m\n}", err: "Wrong argument count"},
+		{input: "llq {\n push-keepalive x 1h\n}", err: "push-keepalive"},
+
+		{input: "llq {\n max-sessions 7\n}", check: func(c *config) bool { return c.maxSessions == 7 }},
+		{input: "llq {\n max-sessions -7\n}", err: "negative"},
+		{input: "llq {\n max-sessions-per-client 2\n}", check: func(c *config) bool { return c.maxSessionsPerClient == 2 }},
+		{input: "llq {\n max-subscriptions 9\n}", check: func(c *config) bool { return c.maxPushSubs == 9 }},
+		{input: "llq {\n max-subscriptions-per-session 3\n}", check: func(c *config) bool { return c.maxSubsPerSession == 3 }},
+		{input: "llq {\n max-subscriptions-per-session\n}", err: "want one number"},
+		{input: "llq {\n max-queued 65536\n}", check: func(c *config) bool { return c.maxQueued == 65536 }},
+		{input: "llq {\n max-queued lots\n}", err: "max-queued"},
+		{input: "llq {\n tls-handshake-timeout 3s\n}", check: func(c *config) bool { return c.handshakeTimeout == 3*time.Second }},
+		{input: "llq {\n tls-handshake-timeout 0\n}", err: "positive"},
+		{input: "llq {\n tls-handshake-timeout\n}", err: "Wrong argument count"},
+		{input: "llq {\n retry-delay 250ms\n}", check: func(c *config) bool { return c.retryDelay == 250*time.Millisecond }},
+		{input: "llq {\n retry-delay -1s\n}", err: "negative"},
 
 		// Everything at once.
 		{input: `llq example.org {

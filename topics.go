@@ -15,6 +15,10 @@ type topicKey struct {
 	name   string // lower-cased, fully qualified
 	qtype  uint16
 	qclass uint16
+	// all asks for every record at the name, whatever its type (a DNS
+	// Push subscription to TYPE or CLASS 255), rather than what the
+	// backend answers to a query of type ANY (see resolve_all.go).
+	all bool
 }
 
 func keyOf(q dns.Question) topicKey {

@@ -1,0 +1,490 @@
+package llq
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/llqdns/llq/dso"
+	"github.com/miekg/dns"
+)
+
+// testCA is a certificate chain made for one test: a CA and a server
+// certificate it signed for 127.0.0.1, as files, and a pool trusting the CA.
+type testCA struct {
+	certFile, keyFile, caFile string
+	pool                      *x509.CertPool
+}
+
+func newTestCA(t testing.TB, dir string) *testCA {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "llq test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "push.example.org"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		DNSNames: []string{"push.example.org"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalECPrivateKey(key)
+	c := &testCA{certFile: filepath.Join(dir, "cert.pem"), keyFile: filepath.Join(dir, "key.pem"), caFile: filepath.Join(dir, "ca.pem"), pool: x509.NewCertPool()}
+	write := func(name, typ string, b []byte) {
+		if err := os.WriteFile(name, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(c.certFile, "CERTIFICATE", der)
+	write(c.keyFile, "EC PRIVATE KEY", keyDER)
+	write(c.caFile, "CERTIFICATE", caDER)
+	c.pool.AddCert(ca)
+	return c
+}
+
+// newPushEnv is newTestEnv with the TLS listener on an ephemeral port.
+func newPushEnv(t testing.TB, tweak func(*config)) (*testEnv, *testCA) {
+	t.Helper()
+	ca := newTestCA(t, t.TempDir())
+	env := newTestEnv(t, func(c *config) {
+		c.tlsCert, c.tlsKey, c.tlsListen = ca.certFile, ca.keyFile, "127.0.0.1:0"
+		c.debounce = 0
+		if tweak != nil {
+			tweak(c)
+		}
+	})
+	return env, ca
+}
+
+// pushClient is a DSO client on a real TLS connection, sending no SNI
+// (Go sends none for an IP address), as Apple's client does.
+type pushClient struct {
+	t    testing.TB
+	conn *tls.Conn
+	buf  []byte
+	b    dso.Builder
+}
+
+func dialPush(t testing.TB, env *testEnv, ca *testCA) *pushClient {
+	t.Helper()
+	conn, err := tls.Dial("tcp", env.e.push.Addr().String(), &tls.Config{RootCAs: ca.pool, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &pushClient{t: t, conn: conn}
+}
+
+func (c *pushClient) send(frame []byte) {
+	c.t.Helper()
+	if _, err := c.conn.Write(frame); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+func (c *pushClient) subscribe(id uint16, name string, qtype uint16) {
+	c.t.Helper()
+	c.b.Start(id, false, 0)
+	if err := c.b.Subscribe(dns.Question{Name: dns.Fqdn(name), Qtype: qtype, Qclass: dns.ClassINET}); err != nil {
+		c.t.Fatal(err)
+	}
+	c.send(c.b.Frame())
+}
+
+// read returns the next message; a generous deadline keeps a broken server
+// from hanging the test, it is no assertion about time.
+func (c *pushClient) read() (dso.Message, error) {
+	c.conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	b, err := dso.ReadMessage(c.conn, nil, dso.MaxMessageLen)
+	if err != nil {
+		return dso.Message{}, err
+	}
+	return dso.Parse(b)
+}
+
+func (c *pushClient) must() dso.Message {
+	c.t.Helper()
+	m, err := c.read()
+	if err != nil {
+		c.t.Fatalf("read: %v", err)
+	}
+	return m
+}
+
+// response reads the response to id and returns its rcode.
+func (c *pushClient) response(id uint16) (int, dso.Message) {
+	c.t.Helper()
+	for {
+		m := c.must()
+		if m.Unidirectional() {
+			continue // a PUSH or Keepalive before it
+		}
+		if !m.Response || m.ID != id {
+			c.t.Fatalf("want the response to %d, got id %d response %v", id, m.ID, m.Response)
+		}
+		return m.Rcode, m
+	}
+}
+
+// push reads messages until a PUSH and returns its records.
+func (c *pushClient) push() []dns.RR {
+	c.t.Helper()
+	for {
+		m := c.must()
+		p, _ := m.Primary()
+		if p.Type == dso.TypeKeepalive {
+			continue
+		}
+		if p.Type != dso.TypePush {
+			c.t.Fatalf("want PUSH, got %s", dso.TypeName(p.Type))
+		}
+		if len(m.Raw) > dso.MaxPushLen {
+			c.t.Fatalf("PUSH of %d bytes", len(m.Raw))
+		}
+		rrs, err := dso.ParsePush(m, p, nil)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		return rrs
+	}
+}
+
+// closed reports that the server ended the connection, skipping what it
+// sent before.
+func (c *pushClient) closed() {
+	c.t.Helper()
+	for {
+		if _, err := c.read(); err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				c.t.Fatalf("session still open")
+			}
+			return
+		}
+	}
+}
+
+func pushStrings(rrs []dns.RR) []string {
+	var out []string
+	for _, rr := range rrs {
+		out = append(out, rr.String())
+	}
+	return out
+}
+
+func TestPushSubscribe(t *testing.T) {
+	env, ca := newPushEnv(t, nil)
+	c := dialPush(t, env, ca)
+	c.subscribe(1, "www.example.org.", dns.TypeA)
+	if rc, _ := c.response(1); rc != dns.RcodeSuccess {
+		t.Fatalf("rcode %d", rc)
+	}
+	initial := c.push()
+	if len(initial) != 2 || initial[0].Header().Ttl != 3600 {
+		t.Fatalf("initial PUSH %v", pushStrings(initial))
+	}
+	// No Keepalive came from the client: the server tells it its values.
+	m := c.must()
+	if p, _ := m.Primary(); p.Type != dso.TypeKeepalive || !m.Unidirectional() {
+		t.Fatalf("want a unidirectional Keepalive, got %s", dso.TypeName(p.Type))
+	} else if k, _ := dso.ParseKeepalive(p); k.Interval != dso.Millis(time.Hour) {
+		t.Fatalf("keepalive %+v", k)
+	}
+
+	swapZone(t, env.zone, strings.Replace(zoneData, "www	IN A 192.0.2.1", "www	IN A 192.0.2.3", 1))
+	env.changed()
+	rrs := c.push()
+	var add, remove int
+	for _, rr := range rrs {
+		switch dso.OpOf(rr) {
+		case dso.OpAdd:
+			add++
+			if rr.(*dns.A).A.String() != "192.0.2.3" || rr.Header().Ttl == 0 {
+				t.Errorf("add %v", rr)
+			}
+		case dso.OpRemove:
+			remove++
+			if rr.(*dns.A).A.String() != "192.0.2.1" {
+				t.Errorf("remove %v", rr)
+			}
+		}
+	}
+	if add != 1 || remove != 1 {
+		t.Fatalf("PUSH %v", pushStrings(rrs))
+	}
+}
+
+func TestPushNames(t *testing.T) {
+	env, ca := newPushEnv(t, nil)
+	c := dialPush(t, env, ca)
+	c.subscribe(1, "www.example.net.", dns.TypeA)
+	if rc, _ := c.response(1); rc != dns.RcodeNotAuth {
+		t.Fatalf("outside the zones: rcode %d, want NOTAUTH", rc)
+	}
+	// A name that does not exist yet: subscribed, nothing to push yet.
+	c.subscribe(2, "new.example.org.", dns.TypeA)
+	if rc, _ := c.response(2); rc != dns.RcodeSuccess {
+		t.Fatalf("missing name: rcode %d", rc)
+	}
+	swapZone(t, env.zone, withRecords("new IN A 192.0.2.9"))
+	env.changed()
+	rrs := c.push()
+	if len(rrs) != 1 || rrs[0].Header().Name != "new.example.org." {
+		t.Fatalf("PUSH %v", pushStrings(rrs))
+	}
+}
+
+// A change seen by two subscriptions of one session (type A and ALL) is
+// pushed once; ALL holds every type at the name.
+func TestPushOnceAndAll(t *testing.T) {
+	env, ca := newPushEnv(t, nil)
+	swapZone(t, env.zone, withRecords("www IN TXT \"hello\""))
+	c := dialPush(t, env, ca)
+	c.subscribe(1, "www.example.org.", dns.TypeANY)
+	c.response(1)
+	all := c.push()
+	if len(all) != 3 {
+		t.Fatalf("ALL: %v", pushStrings(all))
+	}
+	c.subscribe(2, "www.example.org.", dns.TypeA)
+	c.response(2)
+	if a := c.push(); len(a) != 2 {
+		t.Fatalf("A: %v", pushStrings(a))
+	}
+	swapZone(t, env.zone, withRecords("www IN TXT \"hello\"", "www IN A 192.0.2.7"))
+	env.changed()
+	rrs := c.push()
+	if len(rrs) != 1 {
+		t.Fatalf("one add, pushed once: %v", pushStrings(rrs))
+	}
+	// Nothing else comes: the next message is the response to a Keepalive.
+	c.b.Start(9, false, 0)
+	c.b.Keepalive(dso.Keepalive{Inactivity: 1000, Interval: 20000})
+	c.send(c.b.Frame())
+	if rc, _ := c.response(9); rc != dns.RcodeSuccess {
+		t.Fatalf("keepalive rcode %d", rc)
+	}
+}
+
+func TestPushUnsubscribe(t *testing.T) {
+	env, ca := newPushEnv(t, nil)
+	c := dialPush(t, env, ca)
+	c.subscribe(1, "www.example.org.", dns.TypeA)
+	c.response(1)
+	c.subscribe(2, "ns1.example.org.", dns.TypeA)
+	c.response(2)
+	c.b.Start(0, false, 0)
+	c.b.Unsubscribe(1)
+	c.send(c.b.Frame())
+	c.b.Start(0, false, 0)
+	c.b.UnsubscribeQuestion(question("NS1.example.org.", dns.TypeA)) // Apple's form
+	c.send(c.b.Frame())
+	c.b.Start(0, false, 0)
+	c.b.Unsubscribe(77) // unknown: ignored
+	c.send(c.b.Frame())
+	eventually(t, "no subscriptions", func() bool { return env.e.Stats().PushSubs == 0 && env.e.Stats().Topics == 0 }, 10*time.Second)
+	if env.e.Stats().Sessions != 1 {
+		t.Fatalf("session gone")
+	}
+}
+
+func TestPushDSOTypeNI(t *testing.T) {
+	env, ca := newPushEnv(t, nil)
+	c := dialPush(t, env, ca)
+	c.b.Start(5, false, 0)
+	c.b.TLV(0xF900, []byte{1, 2})
+	c.send(c.b.Frame())
+	if rc, _ := c.response(5); rc != dso.RcodeDSOTypeNI {
+		t.Fatalf("rcode %d, want DSOTYPENI", rc)
+	}
+}
+
+// Every fatal case of RFC 8490 and RFC 8765 ends the session.
+func TestPushFatal(t *testing.T) {
+	cases := map[string]func(c *pushClient){
+		"duplicate id": func(c *pushClient) {
+			c.subscribe(1, "www.example.org.", dns.TypeA)
+			c.response(1)
+			c.subscribe(1, "ns1.example.org.", dns.TypeA)
+		},
+		"duplicate question": func(c *pushClient) {
+			c.subscribe(1, "www.example.org.", dns.TypeA)
+			c.response(1)
+			c.subscribe(2, "WWW.example.org.", dns.TypeA)
+		},
+		"unidirectional before session": func(c *pushClient) {
+			c.b.Start(0, false, 0)
+			c.b.Unsubscribe(1)
+			c.send(c.b.Frame())
+		},
+		"unknown unidirectional": func(c *pushClient) {
+			c.subscribe(1, "www.example.org.", dns.TypeA)
+			c.response(1)
+			c.b.Start(0, false, 0)
+			c.b.TLV(0xF900, nil)
+			c.send(c.b.Frame())
+		},
+		"push from client": func(c *pushClient) {
+			c.subscribe(1, "www.example.org.", dns.TypeA)
+			c.response(1)
+			c.b.Start(0, false, 0)
+			c.b.StartPush()
+			c.b.AddRecord(mustRR(c.t, "www.example.org. 1 IN A 192.0.2.1"))
+			c.send(c.b.Frame())
+		},
+		"response from client": func(c *pushClient) {
+			c.b.Start(3, true, 0)
+			c.send(c.b.Frame())
+		},
+		"malformed": func(c *pushClient) {
+			c.b.Start(3, false, 0)
+			c.b.TLV(dso.TypeSubscribe, []byte{3, 'w', 'w'})
+			c.send(c.b.Frame())
+		},
+		"unidirectional subscribe": func(c *pushClient) {
+			c.subscribe(0, "www.example.org.", dns.TypeA)
+		},
+		"keepalive request as unidirectional": func(c *pushClient) {
+			c.subscribe(1, "www.example.org.", dns.TypeA)
+			c.response(1)
+			c.b.Start(0, false, 0)
+			c.b.Keepalive(dso.Keepalive{})
+			c.send(c.b.Frame())
+		},
+	}
+	env, ca := newPushEnv(t, nil)
+	for name, f := range cases {
+		t.Run(name, func(t *testing.T) {
+			c := dialPush(t, env, ca)
+			c.t = t
+			f(c)
+			c.closed()
+		})
+	}
+	eventually(t, "sessions gone", func() bool { return env.e.Stats().Sessions == 0 && env.e.Stats().PushSubs == 0 }, 10*time.Second)
+}
+
+// Large answer sets are split into PUSH messages of at most 16,382 bytes.
+func TestPushLarge(t *testing.T) {
+	env, ca := newPushEnv(t, nil)
+	swapZone(t, env.zone, withRecords(bigTXT("big", 400, 200)...))
+	c := dialPush(t, env, ca)
+	c.subscribe(1, "big.example.org.", dns.TypeTXT)
+	c.response(1)
+	n, messages := 0, 0
+	for n < 400 {
+		n += len(c.push()) // push checks the size of each
+		messages++
+	}
+	if n != 400 || messages < 5 {
+		t.Fatalf("%d records in %d messages", n, messages)
+	}
+}
+
+func TestPushLimits(t *testing.T) {
+	env, ca := newPushEnv(t, func(c *config) { c.maxSubsPerSession = 1; c.maxSessions = 1 })
+	c := dialPush(t, env, ca)
+	c.subscribe(1, "www.example.org.", dns.TypeA)
+	c.response(1)
+	c.subscribe(2, "ns1.example.org.", dns.TypeA)
+	rc, m := c.response(2)
+	if rc != dns.RcodeServerFailure {
+		t.Fatalf("over max-subscriptions-per-session: rcode %d", rc)
+	}
+	if p, ok := m.Primary(); !ok || p.Type != dso.TypeRetryDelay {
+		t.Fatalf("no Retry Delay with the SERVFAIL")
+	}
+	// A second session is over max-sessions: its first request is answered
+	// SERVFAIL with a Retry Delay, and the session ends.
+	d := dialPush(t, env, ca)
+	d.subscribe(1, "www.example.org.", dns.TypeA)
+	if rc, _ := d.response(1); rc != dns.RcodeServerFailure {
+		t.Fatalf("over max-sessions: rcode %d", rc)
+	}
+	d.closed()
+}
+
+// A client that does not read is dropped once its queue passes the limit.
+func TestPushSlowReader(t *testing.T) {
+	env, ca := newPushEnv(t, func(c *config) { c.maxQueued = 64 << 10 })
+	c := dialPush(t, env, ca)
+	c.subscribe(1, "big.example.org.", dns.TypeTXT)
+	c.response(1)
+	before := metric(t, sessionsEnded.WithLabelValues(endOverflow))
+	// Each round replaces 400 records of 200 bytes: with nobody reading,
+	// the socket buffers fill and the queue grows past 64 KiB.
+	for i := 0; env.e.Stats().Sessions > 0; i++ {
+		swapZone(t, env.zone, withRecords(bigTXT("big", 400, 200+i%2)...))
+		env.changed()
+		eventually(t, "change processed", func() bool {
+			env.e.mu.Lock()
+			defer env.e.mu.Unlock()
+			return len(env.e.changes.pending) == 0
+		}, 10*time.Second)
+		if i > 1000 {
+			t.Fatal("slow reader never dropped")
+		}
+	}
+	if metric(t, sessionsEnded.WithLabelValues(endOverflow)) != before+1 {
+		t.Fatal("not counted as a slow reader")
+	}
+}
+
+func TestPushShutdown(t *testing.T) {
+	env, ca := newPushEnv(t, nil)
+	c := dialPush(t, env, ca)
+	c.subscribe(1, "www.example.org.", dns.TypeA)
+	c.response(1)
+	go env.e.push.close()
+	for {
+		m := c.must()
+		p, _ := m.Primary()
+		if p.Type != dso.TypeRetryDelay {
+			continue
+		}
+		if m.Rcode != dns.RcodeSuccess || !m.Unidirectional() {
+			t.Fatalf("Retry Delay rcode %d id %d", m.Rcode, m.ID)
+		}
+		break
+	}
+	c.conn.Close() // as the client should
+	eventually(t, "sessions gone", func() bool { return env.e.Stats().Sessions == 0 }, 10*time.Second)
+}
+
+func TestPushHandshakeTimeout(t *testing.T) {
+	env, _ := newPushEnv(t, func(c *config) { c.handshakeTimeout = 100 * time.Millisecond })
+	conn, err := net.Dial("tcp", env.e.push.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.ReadAll(conn); err != nil {
+		t.Fatalf("not closed: %v", err)
+	}
+}

@@ -1,0 +1,258 @@
+package llq
+
+import (
+	"net"
+	"sync"
+	"time"
+
+	"github.com/llqdns/llq/dso"
+	"github.com/miekg/dns"
+)
+
+// outQueue is what waits to be written to a session: whole messages
+// (responses, Keepalive, Retry Delay) and records for PUSH messages, in
+// order. The writer builds the PUSH messages when it gets to them, so
+// that everything ready goes in as few messages as fit (RFC 8765 section
+// 6.3.1), and writes them in one go.
+type outQueue struct {
+	mu       sync.Mutex
+	conn     net.Conn
+	items    []outItem
+	bytes    int  // roughly what items take on the wire
+	max      int  // bytes allowed to wait; 0 = no limit
+	final    bool // a Retry Delay is queued: nothing goes after it
+	over     bool // dropped for queueing more than max
+	stopping bool
+	retryAt  time.Time // once the Retry Delay is out: when the client must have closed
+	wake     chan struct{}
+	done     chan struct{}
+}
+
+type outItem struct {
+	frame []byte // a whole message with its length prefix, or nil for a record
+	rr    dns.RR
+	add   bool
+}
+
+// writeTimeout bounds one write: a client whose TCP window stays shut that
+// long is gone.
+const writeTimeout = 30 * time.Second
+
+func (q *outQueue) init() {
+	q.wake = make(chan struct{}, 1)
+	q.done = make(chan struct{})
+}
+
+func (q *outQueue) kick() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// push queues it unless a Retry Delay ended the session's output; past the
+// byte limit, the queue is replaced by a Retry Delay SERVFAIL (the server
+// is overloaded, for this client at least) and the session is dropped.
+func (q *outQueue) push(it outItem, size int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.final {
+		return
+	}
+	q.items = append(q.items, it)
+	q.bytes += size
+	if q.max > 0 && q.bytes > q.max {
+		q.over = true
+		q.items = q.items[:0]
+		q.bytes = 0
+		q.finalLocked(dns.RcodeServerFailure, dso.Millis(time.Second))
+		retryDelays.WithLabelValues("slow-reader").Inc()
+		if q.conn != nil {
+			// Unblock a write the client is not reading and the read
+			// waiting for it: the session ends within the grace period.
+			grace := time.Now().Add(dso.RetryCloseGrace)
+			q.conn.SetWriteDeadline(grace)
+			q.conn.SetReadDeadline(grace)
+		}
+		q.kick()
+	}
+}
+
+func (q *outQueue) record(rr dns.RR, add bool) {
+	q.push(outItem{rr: rr, add: add}, dns.Len(rr))
+}
+
+func (q *outQueue) frame(msg []byte) {
+	f := dso.AppendFrame(nil, msg)
+	q.push(outItem{frame: f}, len(f))
+}
+
+// response queues the response to request id, with a Retry Delay when ms
+// is not zero.
+func (q *outQueue) response(id uint16, rcode int, ms uint32) {
+	var b dso.Builder
+	b.Start(id, true, rcode)
+	if ms != 0 {
+		b.RetryDelay(ms)
+	}
+	f := b.Frame()
+	q.push(outItem{frame: f}, len(f))
+}
+
+// keepalive queues a Keepalive response to id, or with id 0 a
+// unidirectional Keepalive telling the client new values.
+func (q *outQueue) keepalive(id uint16, k dso.Keepalive) {
+	var b dso.Builder
+	b.Start(id, id != 0, dns.RcodeSuccess)
+	b.Keepalive(k)
+	f := b.Frame()
+	q.push(outItem{frame: f}, len(f))
+}
+
+// retry queues a Retry Delay as the last thing the session says.
+func (q *outQueue) retry(rcode int, ms uint32) {
+	q.mu.Lock()
+	if !q.final {
+		q.finalLocked(rcode, ms)
+	}
+	q.mu.Unlock()
+	q.kick()
+}
+
+func (q *outQueue) finalLocked(rcode int, ms uint32) {
+	var b dso.Builder
+	b.Start(0, false, rcode)
+	b.RetryDelay(ms)
+	f := b.Frame()
+	q.items = append(q.items, outItem{frame: f})
+	q.final = true
+}
+
+// finish marks what is queued as the last output, without a Retry Delay.
+func (q *outQueue) finish() {
+	q.mu.Lock()
+	q.final = true
+	q.mu.Unlock()
+}
+
+func (q *outQueue) retrying() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.final
+}
+
+func (q *outQueue) overflowed() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.over
+}
+
+// closeBy is retryAt, or zero while no Retry Delay is out.
+func (q *outQueue) closeBy() time.Time {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.retryAt
+}
+
+func (q *outQueue) setConn(c net.Conn, max int) {
+	q.mu.Lock()
+	q.conn, q.max = c, max
+	q.mu.Unlock()
+}
+
+// stop has the writer write what is queued, within a second, and end.
+func (q *outQueue) stop() {
+	q.mu.Lock()
+	q.stopping = true
+	c := q.conn
+	q.mu.Unlock()
+	q.kick()
+	select {
+	case <-q.done:
+	case <-time.After(time.Second):
+		if c != nil {
+			c.Close()
+		}
+		<-q.done
+	}
+}
+
+var builders = sync.Pool{New: func() any { return new(dso.Builder) }}
+
+// write is the session's writer goroutine.
+func (q *outQueue) write() {
+	defer close(q.done)
+	var spare []outItem
+	var batch []byte
+	for range q.wake {
+		q.mu.Lock()
+		items, conn, stopping, final := q.items, q.conn, q.stopping, q.final
+		q.items, q.bytes = spare[:0], 0
+		q.mu.Unlock()
+		if len(items) > 0 {
+			batch = encode(batch[:0], items)
+			clear(items) // let go of the records
+			spare = items
+			conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+			if _, err := conn.Write(batch); err != nil {
+				conn.Close()
+				return
+			}
+			if cap(batch) > 64<<10 {
+				batch = nil // a burst's buffer is not kept for a quiet session
+			}
+			if final {
+				q.mu.Lock()
+				q.retryAt = time.Now().Add(dso.RetryCloseGrace)
+				q.mu.Unlock()
+				conn.SetReadDeadline(q.closeBy())
+			}
+		}
+		q.mu.Lock()
+		idle := len(q.items) == 0
+		q.mu.Unlock()
+		if stopping && idle {
+			return
+		}
+		if !idle {
+			q.kick()
+		}
+	}
+}
+
+// encode appends items to dst as framed messages: frames as they are, runs
+// of records as PUSH messages of at most dso.MaxPushLen bytes each, with
+// name compression. Adds carry the record's TTL (at least 1: Apple's
+// client does not keep an add with TTL 0); removes are per record
+// (0xFFFFFFFF), the only kind Apple's client understands.
+func encode(dst []byte, items []outItem) []byte {
+	b := builders.Get().(*dso.Builder)
+	defer builders.Put(b)
+	for i := 0; i < len(items); {
+		if items[i].frame != nil {
+			dst = append(dst, items[i].frame...)
+			i++
+			continue
+		}
+		b.Start(0, false, dns.RcodeSuccess)
+		b.StartPush()
+		for i < len(items) && items[i].frame == nil {
+			it := items[i]
+			ttl := uint32(dso.RemoveRecordTTL)
+			if it.add {
+				ttl = min(max(it.rr.Header().Ttl, 1), dso.MaxAddTTL)
+			}
+			if err := b.AddRecordTTL(it.rr, ttl); err == dso.ErrFull && b.Records() > 0 {
+				break // this message is full: the record starts the next
+			} else if err != nil {
+				log.Errorf("cannot push %s: %v", it.rr.Header().Name, err)
+			}
+			i++
+		}
+		if b.Records() > 0 {
+			dst = append(dst, b.Frame()...)
+			pushesSent.Inc()
+		}
+	}
+	return dst
+}
