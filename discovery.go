@@ -8,6 +8,7 @@ import (
 
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/pkg/nonwriter"
+	"github.com/llqdns/llq/dso"
 	"github.com/llqdns/llq/wire"
 	"github.com/miekg/dns"
 )
@@ -24,15 +25,20 @@ const udpLabel = "_udp."
 
 // discovery answers the questions an unmodified client asks to find the
 // LLQ listener (RFC 8764 section 7): SRV _dns-llq._udp.ZONE and, for the
-// default target, its A and AAAA. The zone's own data wins: llq only fills
+// default target, its A and AAAA; and, with the TLS listener on, the DNS
+// Push server's SRV _dns-push-tls._tcp.ZONE (RFC 8765 section 6.1). The zone's own data wins: llq only fills
 // in what the backend does not have, and only for zone apexes. done is false
 // when the question is none of these.
 func (l *LLQ) discovery(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (rcode int, err error, done bool) {
 	q := r.Question[0]
 	var apex string
+	push := false // DNS Push: SRV _dns-push-tls._tcp.ZONE (RFC 8765 section 6.1)
 	switch {
 	case hasPrefixFold(q.Name, wire.ServiceLabel):
 		apex = strings.ToLower(q.Name[len(wire.ServiceLabel):])
+	case q.Qtype == dns.TypeSRV && hasPrefixFold(q.Name, dso.ServiceLabel):
+		apex = strings.ToLower(q.Name[len(dso.ServiceLabel):])
+		push = true
 	case l.cfg.srvTarget == "" && hasPrefixFold(q.Name, targetLabel):
 		apex = strings.ToLower(q.Name[len(targetLabel):])
 	case hasPrefixFold(q.Name, udpLabel):
@@ -47,6 +53,12 @@ func (l *LLQ) discovery(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (
 	e := l.engine()
 	if e == nil {
 		return 0, nil, false
+	}
+	var pt *pushTransport
+	if push {
+		if pt = e.pushTransport(); pt == nil {
+			return 0, nil, false // no TLS listener: nothing to advertise
+		}
 	}
 	if plugin.Zones(l.Zones).Matches(apex) == "" {
 		return 0, nil, false
@@ -77,16 +89,25 @@ func (l *LLQ) discovery(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (
 		target = targetLabel + apex
 	}
 	port := uint16(e.Addr().(*net.UDPAddr).Port)
+	ip := listenerIP(e, w)
+	if pt != nil {
+		ta := pt.Addr().(*net.TCPAddr)
+		port = uint16(ta.Port)
+		if !ta.IP.IsUnspecified() {
+			a, _ := netip.AddrFromSlice(ta.IP)
+			ip = a.Unmap()
+		}
+	}
 	_, service := strings.CutPrefix(strings.ToLower(q.Name), wire.ServiceLabel)
 	switch {
-	case service && q.Qtype == dns.TypeSRV:
+	case (service || push) && q.Qtype == dns.TypeSRV:
 		m.Answer = []dns.RR{&dns.SRV{
 			Hdr:    dns.RR_Header{Name: q.Name, Rrtype: dns.TypeSRV, Class: dns.ClassINET, Ttl: discoveryTTL},
 			Target: target, Port: port,
 		}}
 		if l.cfg.srvTarget == "" {
-			m.Extra = address(target, dns.TypeA, listenerIP(e, w))
-			m.Extra = append(m.Extra, address(target, dns.TypeAAAA, listenerIP(e, w))...)
+			m.Extra = address(target, dns.TypeA, ip)
+			m.Extra = append(m.Extra, address(target, dns.TypeAAAA, ip)...)
 		}
 	case !service && strings.HasPrefix(strings.ToLower(q.Name), targetLabel) && l.cfg.srvTarget == "":
 		m.Answer = address(q.Name, q.Qtype, listenerIP(e, w))

@@ -204,3 +204,28 @@ func TestStripLLQ(t *testing.T) {
 		t.Fatalf("OPT after strip: %v", opt)
 	}
 }
+
+// With the TLS listener on, _dns-push-tls._tcp.ZONE points at its port;
+// without it, the query goes to the zone untouched.
+func TestDiscoveryPush(t *testing.T) {
+	d := newDiscoveryEnv(t, "")
+	r, _ := d.ask(t, "_dns-push-tls._tcp.example.org.", dns.TypeSRV)
+	if r == nil || len(r.Answer) != 0 {
+		t.Fatalf("no TLS listener, yet %v", r)
+	}
+
+	env, _ := newPushEnv(t, nil)
+	f := file.File{Zones: fileZones(env.zone)}
+	l := &LLQ{Zones: []string{testZone}, cfg: env.e.config(), Next: f}
+	l.setEngine(env.e)
+	d = &discoveryEnv{testEnv: env, l: l}
+	r, _ = d.ask(t, "_dns-push-tls._tcp.example.org.", dns.TypeSRV)
+	if r == nil || len(r.Answer) != 1 {
+		t.Fatalf("SRV: %v", r)
+	}
+	srv := r.Answer[0].(*dns.SRV)
+	if int(srv.Port) != env.e.push.Addr().(*net.TCPAddr).Port || srv.Target != "llq.example.org." {
+		t.Fatalf("SRV %v, want port %s", srv, env.e.push.Addr())
+	}
+	sameRRs(t, r.Extra, "llq.example.org. 60 IN A 127.0.0.1")
+}
