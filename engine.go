@@ -151,11 +151,7 @@ func (e *Engine) unregister(owner *LLQ) {
 		}
 	}
 	e.backends = kept
-	p := e.push
 	e.mu.Unlock()
-	if p != nil {
-		p.unserved()
-	}
 }
 
 // backendFor returns the backend serving name (the longest matching zone)

@@ -45,6 +45,12 @@ func release(e *Engine) {
 	}
 	registry.Unlock()
 	if last {
-		e.close()
+		e.close() // its sessions get a Retry Delay NOERROR: the server is going away
+		return
+	}
+	// A reload: sessions subscribed to a zone no instance serves any more
+	// are told so (Retry Delay REFUSED).
+	if p := e.pushTransport(); p != nil {
+		p.unserved()
 	}
 }

@@ -1,0 +1,306 @@
+package test
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/llqdns/llq/dso"
+	"github.com/llqdns/llq/internal/pcaptest"
+	"github.com/miekg/dns"
+)
+
+// certChain makes a CA and a server certificate it signs, as files in dir,
+// and returns the files and a pool that trusts the CA.
+func certChain(t *testing.T, dir string) (cert, key string, pool *x509.CertPool) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "llq test CA " + dir},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "llq.example.org"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		DNSNames: []string{"llq.example.org"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalECPrivateKey(k)
+	cert, key = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	// The file holds the chain a client needs: the server certificate, then the CA.
+	chain := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})...)
+	if err := os.WriteFile(cert, chain, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pool = x509.NewCertPool()
+	pool.AddCert(ca)
+	return cert, key, pool
+}
+
+// dsoConn is a DNS Push client on a real TLS connection that keeps every
+// message of the session, both ways, for tshark.
+type dsoConn struct {
+	t      *testing.T
+	conn   *tls.Conn
+	b      dso.Builder
+	frames [][]byte // first byte 1 for the client's
+}
+
+func dialDSO(t *testing.T, addr netip.AddrPort, pool *x509.CertPool) (*dsoConn, error) {
+	t.Helper()
+	// No ServerName: Go sends no SNI for an IP address, as Apple's client
+	// sends none; the certificate is checked against the address.
+	conn, err := tls.Dial("tcp", addr.String(), &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &dsoConn{t: t, conn: conn}, nil
+}
+
+func (c *dsoConn) send() {
+	c.t.Helper()
+	f := c.b.Frame()
+	c.frames = append(c.frames, append([]byte{1}, f...))
+	if _, err := c.conn.Write(f); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+func (c *dsoConn) read() (dso.Message, error) {
+	c.conn.SetReadDeadline(time.Now().Add(20 * time.Second)) // a hung server fails the test, no timing asserted
+	b, err := dso.ReadMessage(c.conn, nil, dso.MaxMessageLen)
+	if err != nil {
+		return dso.Message{}, err
+	}
+	c.frames = append(c.frames, dso.AppendFrame([]byte{0}, b))
+	return dso.Parse(b)
+}
+
+func (c *dsoConn) subscribe(id uint16, name string, qtype uint16) int {
+	c.t.Helper()
+	c.b.Start(id, false, 0)
+	if err := c.b.Subscribe(dns.Question{Name: name, Qtype: qtype, Qclass: dns.ClassINET}); err != nil {
+		c.t.Fatal(err)
+	}
+	c.send()
+	for {
+		m, err := c.read()
+		if err != nil {
+			c.t.Fatalf("SUBSCRIBE %s: %v", name, err)
+		}
+		if m.Response && m.ID == id {
+			return m.Rcode
+		}
+	}
+}
+
+// push returns the records of the next PUSH, as text with their TTLs.
+func (c *dsoConn) push() []string {
+	c.t.Helper()
+	for {
+		m, err := c.read()
+		if err != nil {
+			c.t.Fatalf("waiting for a PUSH: %v", err)
+		}
+		p, _ := m.Primary()
+		if p.Type != dso.TypePush {
+			continue
+		}
+		rrs, err := dso.ParsePush(m, p, nil)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		var out []string
+		for _, rr := range rrs {
+			out = append(out, rr.String())
+		}
+		return out
+	}
+}
+
+func wantPush(t *testing.T, got []string, want ...string) {
+	t.Helper()
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("PUSH:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// pushServer starts CoreDNS with llq's TLS listener on a fixed port (a
+// reload keeps the engine, and with it the sessions) and returns the
+// server, its config and the trusted pool.
+func pushServer(t *testing.T, records ...string) (*server, config, netip.AddrPort, *x509.CertPool) {
+	cert, key, pool := certChain(t, t.TempDir())
+	listener := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t))
+	tlsAddr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t))
+	cfg := config{options: pushOptions(listener, tlsAddr, cert, key), llq: listener}
+	return startServerWith(t, cfg, records...), cfg, tlsAddr, pool
+}
+
+func pushOptions(listener, tlsAddr netip.AddrPort, cert, key string) string {
+	return fmt.Sprintf("listen %s\n        tls %s %s\n        tls-listen %s\n        retry-delay 250ms", listener, cert, key, tlsAddr)
+}
+
+// TestDNSPush runs a DNS Push session against CoreDNS the way a client
+// does: discovery, TLS with a certificate chain made here, SUBSCRIBE,
+// PUSH on a zone file change, NOTAUTH outside the zones; a reload that
+// brings a new certificate keeps the session; shutdown sends a Retry Delay
+// NOERROR. tshark's DSO dissector then reads the session's bytes.
+func TestDNSPush(t *testing.T) {
+	s, cfg, tlsAddr, pool := pushServer(t, "www IN A 192.0.2.1")
+
+	r := s.query("_dns-push-tls._tcp.example.org.", dns.TypeSRV)
+	if len(r.Answer) != 1 || r.Answer[0].(*dns.SRV).Port != tlsAddr.Port() {
+		t.Fatalf("discovery: %v", r)
+	}
+	c, err := dialDSO(t, tlsAddr, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc := c.subscribe(1, "www.example.org.", dns.TypeA); rc != dns.RcodeSuccess {
+		t.Fatalf("SUBSCRIBE rcode %d", rc)
+	}
+	wantPush(t, c.push(), "www.example.org.\t3600\tIN\tA\t192.0.2.1")
+	if rc := c.subscribe(2, "www.example.net.", dns.TypeA); rc != dns.RcodeNotAuth {
+		t.Fatalf("outside the zones: rcode %d", rc)
+	}
+	s.setRecords("www IN A 192.0.2.2")
+	wantPush(t, c.push(), "www.example.org.\t3600\tIN\tA\t192.0.2.2", "www.example.org.\t4294967295\tIN\tA\t192.0.2.1")
+	tsharkCheck(t, c.frames)
+
+	// Reload with a new certificate: the session stays, new sessions get
+	// the new certificate.
+	cert2, key2, pool2 := certChain(t, t.TempDir())
+	cfg.options = pushOptions(cfg.llq, tlsAddr, cert2, key2)
+	s.restart(s.corefileWith(cfg))
+	s.setRecords("www IN A 192.0.2.3")
+	wantPush(t, c.push(), "www.example.org.\t3600\tIN\tA\t192.0.2.3", "www.example.org.\t4294967295\tIN\tA\t192.0.2.2")
+	if _, err := dialDSO(t, tlsAddr, pool); err == nil {
+		t.Fatal("the old certificate is still served after the reload")
+	}
+	if _, err := dialDSO(t, tlsAddr, pool2); err != nil {
+		t.Fatalf("new certificate: %v", err)
+	}
+
+	// Shutdown: Retry Delay NOERROR, then the server closes.
+	go s.stop()
+	for {
+		m, err := c.read()
+		if err != nil {
+			t.Fatalf("no Retry Delay before the end: %v", err)
+		}
+		if p, _ := m.Primary(); p.Type == dso.TypeRetryDelay {
+			if m.Rcode != dns.RcodeSuccess {
+				t.Fatalf("Retry Delay rcode %d", m.Rcode)
+			}
+			break
+		}
+	}
+	c.conn.Close()
+}
+
+// A reload that stops serving a zone ends its sessions with a Retry Delay
+// REFUSED.
+func TestDNSPushZoneDropped(t *testing.T) {
+	s, cfg, tlsAddr, pool := pushServer(t, "www IN A 192.0.2.1")
+	c, err := dialDSO(t, tlsAddr, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc := c.subscribe(1, "www.example.org.", dns.TypeA); rc != dns.RcodeSuccess {
+		t.Fatalf("SUBSCRIBE rcode %d", rc)
+	}
+	cfg.zones = "example.net"
+	s.restart(s.corefileWith(cfg))
+	for {
+		m, err := c.read()
+		if errors.Is(err, os.ErrDeadlineExceeded) || err != nil {
+			t.Fatalf("no Retry Delay: %v", err)
+		}
+		if p, _ := m.Primary(); p.Type == dso.TypeRetryDelay {
+			if m.Rcode != dns.RcodeRefused {
+				t.Fatalf("Retry Delay rcode %d", m.Rcode)
+			}
+			return
+		}
+	}
+}
+
+// tsharkCheck has Wireshark's DSO dissector, a decoder we did not write,
+// read the session: every message is DSO, and each TLV type it sees is the
+// one llq's parser saw.
+func tsharkCheck(t *testing.T, frames [][]byte) {
+	t.Helper()
+	tshark, err := exec.LookPath("tshark")
+	if err != nil {
+		t.Log("tshark is not installed (Debian package tshark; .ci/run installs it): session bytes not checked by Wireshark")
+		return
+	}
+	pcap := filepath.Join(t.TempDir(), "session.pcap")
+	if err := os.WriteFile(pcap, pcaptest.TCP(frames), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(tshark, "-r", pcap, "-n", "-Y", "dns", "-T", "fields", "-E", "separator=|",
+		"-E", "occurrence=a", "-E", "aggregator=,", "-e", "dns.flags.opcode", "-e", "dns.dso.tlv.type",
+		"-e", "dns.dso.tlv.length").CombinedOutput()
+	if err != nil {
+		t.Fatalf("tshark: %v\n%s", err, out)
+	}
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if !strings.HasPrefix(l, "Running as user") && l != "" {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) != len(frames) {
+		t.Fatalf("tshark decoded %d messages, the session had %d:\n%s", len(lines), len(frames), out)
+	}
+	for i, f := range frames {
+		m, err := dso.Parse(f[3:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var types, lens []string
+		for it := m.TLVs(); ; {
+			tlv, ok := it.Next()
+			if !ok {
+				break
+			}
+			types = append(types, fmt.Sprint(tlv.Type))
+			lens = append(lens, fmt.Sprint(len(tlv.Data)))
+		}
+		want := "6|" + strings.Join(types, ",") + "|" + strings.Join(lens, ",")
+		if lines[i] != want {
+			t.Errorf("message %d: tshark says %q, llq's parser %q", i, lines[i], want)
+		}
+	}
+}
