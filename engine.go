@@ -315,11 +315,11 @@ func (e *Engine) settle(j *joining) {
 // held.
 func (e *Engine) leave(s subscriber, tr transport) bool {
 	b := s.base()
-	if b.gone {
+	if b.gone() {
 		return false
 	}
-	b.gone = true
 	t := b.topic
+	b.topic = nil
 	t.remove(s, tr)
 	if len(t.subs) == 0 {
 		delete(e.topics, t.key)

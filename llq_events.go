@@ -340,7 +340,7 @@ func (l *llqTransport) retransmit(ev *event) {
 // send, if any.
 func (l *llqTransport) retransmitLocked(ev *event, now time.Time) (delivery, bool) {
 	s := ev.sub
-	if s.gone || ev.answered {
+	if s.gone() || ev.answered {
 		return delivery{}, false
 	}
 	ev.tries++

@@ -62,7 +62,7 @@ func (l *llqTransport) forget() {
 // llqSub is one LLQ. Fields are ordered so that the small ones share a
 // word: there is one of these per LLQ.
 type llqSub struct {
-	subscription                // topic, and whether it left
+	subscription                // its topic, nil once it left
 	id           uint64         // the LLQ ID
 	l            *llqTransport  // for the lease timer, which fires with s alone
 	client       netip.AddrPort // where events go
@@ -233,7 +233,7 @@ func (l *llqTransport) drop(s *llqSub) {
 func (l *llqTransport) expire(s *llqSub) {
 	l.e.mu.Lock()
 	defer l.e.mu.Unlock()
-	if s.gone || time.Now().Before(s.expires) {
+	if s.gone() || time.Now().Before(s.expires) {
 		return
 	}
 	l.drop(s)

@@ -357,12 +357,15 @@ func (s *session) unsubscribe(u dso.Unsubscribe) {
 // drop ends sub. The client forgets its records itself. Call with e.mu held.
 func (s *session) drop(sub *pushSub) {
 	p := s.p
+	if sub.gone() {
+		return
+	}
 	for k := range sub.topic.answers {
 		s.state(k, -1)
 	}
+	key := sub.topic.key
 	if p.e.leave(sub, p) {
 		delete(s.subs, sub.id)
-		key := sub.topic.key
 		delete(s.byKey, key)
 		p.subs--
 		pushSubsGauge.Dec()

@@ -118,12 +118,15 @@ type subscriber interface {
 	base() *subscription
 }
 
-// subscription is the engine's part of a subscriber: which topic, and
-// whether it has left. A lease, if any, is the transport's business: an LLQ
+// subscription is the engine's part of a subscriber: which topic, if it
+// has not left. A lease, if any, is the transport's business: an LLQ
 // has one, a DNS Push subscription lives as long as its session.
 type subscription struct {
-	topic *topic
-	gone  bool // left its topic; timers still pointing at it must do nothing
+	topic *topic // nil once it has left: timers still pointing at it must do nothing
 }
 
 func (s *subscription) base() *subscription { return s }
+
+// gone reports whether s has left its topic. A flag of its own would cost
+// every LLQ a word (and a size class) for padding.
+func (s *subscription) gone() bool { return s.topic == nil }
