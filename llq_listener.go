@@ -177,7 +177,7 @@ func (l *listener) serveUDP() {
 			switch {
 			case m.N >= readSlot: // maybe cut short: MSG_TRUNC is not portable
 				reply = formErrHeader(b)
-			case challengeResponse(b) && !l.e.topicsExist(b):
+			case challengeResponse(b) && !l.llq.e.topicsExist(b):
 				l.setupAside(b, src)
 			default:
 				reply = l.llq.serve(b, src, false)
@@ -234,7 +234,7 @@ func (e *Engine) topicsExist(b []byte) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, k := range keys {
-		if e.t.topics[k] == nil {
+		if e.topics[k] == nil {
 			return false
 		}
 	}
