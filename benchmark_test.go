@@ -320,7 +320,7 @@ func benchTopic(b *testing.B, env *testEnv, n int) *topic {
 	}
 	env.e.mu.Lock()
 	defer env.e.mu.Unlock()
-	t := env.e.t.topics[keyOf(benchQ)]
+	t := env.e.t.topics[topicKey{questionKey: keyOf(benchQ)}]
 	if t == nil || len(t.subs) != n {
 		b.Fatalf("no topic with %d subscribers", n)
 	}

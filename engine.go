@@ -177,6 +177,7 @@ type setupError struct {
 	code  uint16
 	lease uint32 // retry-after for SERV-FULL
 	limit bool   // a configured limit refused it (setups_total{result="serv-full"})
+	rcode int    // when not 0, the whole message gets this rcode (REFUSED) instead
 }
 
 // admit checks the count limits for a new LLQ from addr. Call with e.mu held.
@@ -206,7 +207,7 @@ func (e *Engine) establish(id uint64, q dns.Question, client netip.AddrPort, lea
 			// newcomer start over in a later epoch, which yields another ID.
 			return nil, 0, &setupError{code: wire.ServFull, lease: 1}
 		}
-		if s.topic.key != key {
+		if s.topic.key.questionKey != key {
 			return nil, 0, &setupError{code: wire.NoSuchLLQ}
 		}
 		setups.WithLabelValues("duplicate").Inc()
@@ -218,11 +219,6 @@ func (e *Engine) establish(id uint64, q dns.Question, client netip.AddrPort, lea
 	}
 	cfg := e.config()
 	b, zone := e.backendFor(key.name)
-	t := e.t.topics[key]
-	var prev answerSet
-	if t != nil {
-		prev = t.answers
-	}
 	passes := e.changes.passes
 	e.mu.Unlock()
 
@@ -234,14 +230,29 @@ func (e *Engine) establish(id uint64, q dns.Question, client netip.AddrPort, lea
 		return nil, 0, &setupError{code: wire.ServFull, lease: uint32(wait/time.Second) + 1, limit: true}
 	}
 
-	var fresh answerSet
-	if t == nil {
-		// Resolve outside the lock: a backend such as etcd may take a while.
-		rrs, ok := b.lookup(q, client)
-		if !ok {
-			return nil, 0, &setupError{code: wire.UnknownErr}
+	// Admission: the question is asked as this client would ask it on
+	// CoreDNS's port (outside the lock: a backend such as etcd may take a
+	// while). Through the CoreDNS server it must pass an llq of this
+	// engine, whose block then keys the topic; otherwise the port would
+	// not have had llq's block answer it (acl refused it, another block
+	// serves the client), and the setup is refused.
+	res := b.lookupFull(q, client)
+	tkey := topicKey{questionKey: key}
+	if b.viaServer {
+		l := res.reached
+		if l == nil || l.engine() != e {
+			return nil, 0, &setupError{rcode: dns.RcodeRefused}
 		}
-		fresh = newAnswerSet(rrs)
+		tkey.block = l.block
+		if len(l.perClient) > 0 {
+			tkey.client = client.Addr()
+		}
+	}
+	if !res.ok {
+		if res.rcode == dns.RcodeRefused {
+			return nil, 0, &setupError{rcode: dns.RcodeRefused}
+		}
+		return nil, 0, &setupError{code: wire.UnknownErr}
 	}
 
 	resync := false
@@ -258,18 +269,16 @@ func (e *Engine) establish(id uint64, q dns.Question, client netip.AddrPort, lea
 	if err := e.admit(client.Addr()); err != nil {
 		return nil, 0, err
 	}
-	t = e.t.topics[key]
+	t := e.t.topics[tkey]
 	if t == nil {
-		if fresh == nil { // the topic went away meanwhile: its last answers stand in
-			fresh = prev
-			resync = true
-		}
 		// A change pass that ran while the answers were being resolved could
 		// not see this topic: re-resolve it, or that change is lost to it.
-		resync = resync || e.changes.passes != passes
-		t = &topic{key: key, question: q, zone: zone, answers: fresh, subs: make(map[uint64]*subscription, 1), client: client, e: e}
+		resync = e.changes.passes != passes
+		t = &topic{key: tkey, question: q, zone: zone, answers: newAnswerSet(res.answers), subs: make(map[uint64]*subscription, 1), client: client, e: e}
 		t.retry.init(t)
-		e.t.topics[key] = t
+		t.noteTargets()
+		e.t.topics[tkey] = t
+		e.t.questions[key]++
 		topicsGauge.Inc()
 	}
 	s := &subscription{id: id, topic: t, e: e, client: client, udpSize: udpSize}
@@ -293,7 +302,7 @@ func (e *Engine) refresh(id uint64, q dns.Question, client netip.AddrPort, event
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	s, ok := e.t.subs[id]
-	if !ok || s.client.Addr() != client.Addr() || s.topic.key != keyOf(q) {
+	if !ok || s.client.Addr() != client.Addr() || s.topic.key.questionKey != keyOf(q) {
 		return 0, &setupError{code: wire.NoSuchLLQ}
 	}
 	if lease == 0 {

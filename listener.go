@@ -216,12 +216,13 @@ func challengeResponse(b []byte) bool {
 }
 
 // topicsExist reports whether every question of b is a topic already, so
-// that a challenge response for it resolves nothing and can stay on the
+// that a challenge response for it asks a backend that has answered it
+// before (the admission of the client, see establish) and can stay on the
 // reader.
 func (e *Engine) topicsExist(b []byte) bool {
 	n := int(binary.BigEndian.Uint16(b[4:]))
 	off := 12
-	keys := make([]topicKey, 0, 1)
+	keys := make([]questionKey, 0, 1)
 	for range n {
 		name, next, err := dns.UnpackDomainName(b, off)
 		if err != nil || next+4 > len(b) {
@@ -234,7 +235,7 @@ func (e *Engine) topicsExist(b []byte) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, k := range keys {
-		if e.t.topics[k] == nil {
+		if e.t.questions[k] == 0 {
 			return false
 		}
 	}

@@ -107,11 +107,19 @@ func (e *Engine) serve(b []byte, src netip.AddrPort, tcp bool) (packed []byte) {
 	}
 	now := time.Now()
 	out := make([]*dns.EDNS0_LLQ, len(opts))
+	refused := false
 	for i, o := range opts {
 		var answers []dns.RR
-		out[i], answers = e.question(m.Question[i], o, src, tcp, clientSize, now)
+		out[i], answers = e.question(m.Question[i], o, src, tcp, clientSize, now, &refused)
 		reply.Answer = append(reply.Answer, answers...)
 		countError(out[i].Error)
+	}
+	if refused {
+		// CoreDNS's port would not have had llq's block answer this
+		// client: it gets what the port gives it, and no LLQ.
+		reply.Answer = nil
+		reply.Rcode = dns.RcodeRefused
+		return pack(reply)
 	}
 	wire.SetOptions(reply, udpSize, out...)
 	reply.Authoritative = true
@@ -136,7 +144,7 @@ func (e *Engine) serve(b []byte, src netip.AddrPort, tcp bool) (packed []byte) {
 }
 
 // question handles the LLQ option of one question.
-func (e *Engine) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.AddrPort, tcp bool, udpSize uint16, now time.Time) (*dns.EDNS0_LLQ, []dns.RR) {
+func (e *Engine) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.AddrPort, tcp bool, udpSize uint16, now time.Time, refused *bool) (*dns.EDNS0_LLQ, []dns.RR) {
 	fail := func(code uint16, lease uint32) (*dns.EDNS0_LLQ, []dns.RR) {
 		return wire.NewOption(o.Opcode, code, o.Id, lease), nil
 	}
@@ -194,6 +202,10 @@ func (e *Engine) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.AddrPort, 
 		if err != nil {
 			if err.limit {
 				setups.WithLabelValues("serv-full").Inc()
+			}
+			if err.rcode == dns.RcodeRefused {
+				setups.WithLabelValues("refused").Inc()
+				*refused = true
 			}
 			return fail(err.code, err.lease)
 		}

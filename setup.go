@@ -37,6 +37,7 @@ func startupComplete(ev caddy.EventName, info any) error {
 	if ev != caddy.InstanceStartupEvent || !ok {
 		return nil
 	}
+	attachServers(inst)
 	inst.StorageMu.Lock()
 	fs, _ := inst.Storage[afterStartups{}].([]func())
 	delete(inst.Storage, afterStartups{})
@@ -54,16 +55,30 @@ func setup(c *caddy.Controller) error {
 	}
 	l := &LLQ{Zones: zones, cfg: cfg}
 	conf := dnsserver.GetConfig(c)
+	// The instance's llq handlers get their CoreDNS server once it has
+	// started (see front.go).
+	ls, _ := c.Get(instanceKey{}).([]*LLQ)
+	c.Set(instanceKey{}, append(ls, l))
+	keys := append([]string(nil), c.ServerBlockKeys...)
 
 	c.OnStartup(func() error {
+		l.addr = serverAddr(conf)
+		l.block = blockID(keys, conf.ViewName)
+		l.perClient = clientDependent(conf)
+		if len(l.perClient) > 0 {
+			log.Infof("answers in %v depend on the client (%v): one topic per client address", keys, l.perClient)
+		}
 		e, err := acquire(cfg)
 		if err != nil {
 			return plugin.Error("llq", err)
 		}
+		l.mu.Lock()
+		l.below = below(conf, l)
+		l.mu.Unlock()
 		l.setEngine(e)
 		started := make(chan struct{})
 		afterStartup(c, sync.OnceFunc(func() { close(started) }))
-		e.register(&backend{owner: l, zones: zones, handler: below(conf, l), started: started})
+		e.register(&backend{owner: l, zones: zones, handler: front{l}, viaServer: true, started: started})
 		e.watch.add(probes(conf, l, e)...)
 		log.Infof("LLQ listener on %s for %v", e.Addr(), zones)
 		return nil

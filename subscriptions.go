@@ -2,22 +2,32 @@ package llq
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/miekg/dns"
 )
 
-// topicKey identifies a question; all LLQs for the same question share one
-// topic and therefore one re-resolution per change.
-type topicKey struct {
+// questionKey identifies a question.
+type questionKey struct {
 	name   string // lower-cased, fully qualified
 	qtype  uint16
 	qclass uint16
 }
 
-func keyOf(q dns.Question) topicKey {
-	return topicKey{name: strings.ToLower(dns.Fqdn(q.Name)), qtype: q.Qtype, qclass: q.Qclass}
+func keyOf(q dns.Question) questionKey {
+	return questionKey{name: strings.ToLower(dns.Fqdn(q.Name)), qtype: q.Qtype, qclass: q.Qclass}
+}
+
+// topicKey identifies everything an answer depends on: the question, the
+// server block that answers it (a view), and, where a plugin of the block
+// answers by client address, that address. All LLQs with the same key share
+// one topic and therefore one re-resolution per change.
+type topicKey struct {
+	questionKey
+	block  string     // see blockID; "" for a backend asked directly
+	client netip.Addr // only for blocks whose answers depend on the client
 }
 
 type topic struct {
@@ -31,8 +41,9 @@ type topic struct {
 	// resolving is set while the topic waits for or undergoes a
 	// re-resolution, again when a change came meanwhile; see changeQueue.
 	resolving, again bool
-	failures         int   // re-resolutions failed in a row
-	retry            timer // asks again after a failed re-resolution; see fire
+	targets          []string // CNAME targets in the answers, see noteTargets
+	failures         int      // re-resolutions failed in a row
+	retry            timer    // asks again after a failed re-resolution; see fire
 	e                *Engine
 }
 
@@ -61,6 +72,23 @@ func (t *topic) records() []dns.RR {
 func (t *topic) setAnswers(a answerSet) {
 	t.answers = a
 	t.sorted = nil
+	t.noteTargets()
+}
+
+// noteTargets lists the names t's answers depend on besides its own: the
+// targets of the CNAMEs the backend followed, maybe out of its zone, maybe
+// to another backend. A change to any of them is a change to t. Call with
+// e.mu held.
+func (t *topic) noteTargets() {
+	t.targets = t.targets[:0]
+	for _, rr := range t.answers {
+		if c, ok := rr.(*dns.CNAME); ok {
+			target := strings.ToLower(dns.Fqdn(c.Target))
+			if target != t.key.name && !slices.Contains(t.targets, target) {
+				t.targets = append(t.targets, target)
+			}
+		}
+	}
 }
 
 // subscription is one LLQ. Fields are ordered so that the small ones share
@@ -95,6 +123,7 @@ func (s *subscription) remaining(now time.Time) uint32 {
 type table struct {
 	subs      map[uint64]*subscription
 	topics    map[topicKey]*topic
+	questions map[questionKey]int // topics per question (views, client addresses)
 	perClient map[netip.Prefix]int
 	bits      clientBits // what perClient is keyed by
 }
@@ -103,6 +132,7 @@ func newTable(bits clientBits) table {
 	return table{
 		subs:      make(map[uint64]*subscription),
 		topics:    make(map[topicKey]*topic),
+		questions: make(map[questionKey]int),
 		perClient: make(map[netip.Prefix]int),
 		bits:      bits,
 	}
@@ -126,6 +156,11 @@ func (t *table) remove(s *subscription) bool {
 	delete(s.topic.subs, s.id)
 	if len(s.topic.subs) == 0 {
 		delete(t.topics, s.topic.key)
+		if q := s.topic.key.questionKey; t.questions[q] <= 1 {
+			delete(t.questions, q)
+		} else {
+			t.questions[q]--
+		}
 	}
 	t.uncount(s.client.Addr())
 	s.pending = nil

@@ -26,13 +26,21 @@ type zoneProbe struct {
 	stop    func()
 }
 
+// probedZone is a zone as one server block's plugin serves it: two blocks
+// (views) may serve the same zone from different data.
+type probedZone struct {
+	owner  *LLQ
+	origin string
+}
+
 // watchers runs the native triggers (zone probes) and the poll fallback for
 // everything else, all from the engine's scheduler.
 type watchers struct {
 	e      *Engine
 	mu     sync.Mutex
 	probes []zoneProbe
-	seen   map[string]*tree.Tree // zone -> tree at the last scan
+	seen   map[probedZone]*tree.Tree // tree at the last scan
+
 	scan   *timer
 	poll   *timer
 	closed bool
@@ -44,7 +52,7 @@ type watchers struct {
 const scanInterval = 20 * time.Millisecond
 
 func newWatchers(e *Engine) *watchers {
-	w := &watchers{e: e, seen: make(map[string]*tree.Tree)}
+	w := &watchers{e: e, seen: make(map[probedZone]*tree.Tree)}
 	w.scan = newTimer(w.scanZones)
 	w.poll = newTimer(w.pollAll)
 	return w
@@ -112,7 +120,7 @@ func (w *watchers) covers(name string) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for z := range w.seen {
-		if subDomain(z, name) {
+		if subDomain(z.origin, name) {
 			return true
 		}
 	}
@@ -131,7 +139,7 @@ func (w *watchers) scanZones() {
 		w.mu.Unlock()
 		return
 	}
-	now := make(map[string]*tree.Tree, len(w.seen))
+	now := make(map[probedZone]*tree.Tree, len(w.seen))
 	for _, p := range w.probes {
 		if p.changed != nil {
 			for _, z := range p.changed() {
@@ -145,15 +153,16 @@ func (w *watchers) scanZones() {
 			z.RLock()
 			t := z.Tree
 			z.RUnlock()
-			now[origin] = t
-			if old, ok := w.seen[origin]; !ok || old != t {
+			k := probedZone{p.owner, origin}
+			now[k] = t
+			if old, ok := w.seen[k]; !ok || old != t {
 				changed = append(changed, change{trigger: p.trigger, zone: origin})
 			}
 		})
 	}
-	for origin := range w.seen {
-		if _, ok := now[origin]; !ok { // an auto zone whose file went away
-			changed = append(changed, change{trigger: "auto", zone: origin})
+	for k := range w.seen {
+		if _, ok := now[k]; !ok { // an auto zone whose file went away
+			changed = append(changed, change{trigger: "auto", zone: k.origin})
 		}
 	}
 	w.seen = now
