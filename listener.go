@@ -174,17 +174,19 @@ func (l *listener) serveUDP() {
 			src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 			b := m.Buffers[0][:m.N]
 			var reply []byte
+			var after []delivery // sent once the reply is on its way
 			switch {
 			case m.N >= readSlot: // maybe cut short: MSG_TRUNC is not portable
 				reply = formErrHeader(b)
 			case challengeResponse(b) && !l.e.topicsExist(b):
 				l.setupAside(b, src)
 			default:
-				reply = l.e.serve(b, src, false)
+				reply, after = l.e.serveThen(b, src, false)
 			}
 			if reply != nil {
 				l.writeTo(reply, src)
 			}
+			l.e.send(after, "event")
 		}
 	}
 }
@@ -254,9 +256,11 @@ func (l *listener) setupAside(b []byte, src netip.AddrPort) {
 	l.wg.Add(1)
 	go func() {
 		defer func() { <-l.asides; l.wg.Done() }()
-		if reply := l.e.serve(b, src, false); reply != nil {
+		reply, after := l.e.serveThen(b, src, false)
+		if reply != nil {
 			l.writeTo(reply, src)
 		}
+		l.e.send(after, "event")
 	}()
 }
 

@@ -281,3 +281,34 @@ func quietRaw(r *raw, d time.Duration) (*dns.Msg, bool) {
 	m.Unpack(buf[:n])
 	return m, false
 }
+
+// TestLargeAnswerSetOverUDP: 40 PTRs of long names do not fit a UDP size of
+// 1440. The ACK is never TC-only (Apple's client takes that for established
+// and never fetches the answers): it carries what fits and the rest comes as
+// acknowledged events, so the client holds the whole set over UDP alone.
+func TestLargeAnswerSetOverUDP(t *testing.T) {
+	var ptrs []string
+	for i := range 40 {
+		ptrs = append(ptrs, fmt.Sprintf("_svc IN PTR instance-%02d-%s.example.org.", i, strings.Repeat("x", 50)))
+	}
+	s := startServer(t, "", ptrs...)
+	log := &eventLog{}
+	acked := counter(t, "event_acks_total")
+	c := dial(t, s.llq, client.Options{UDPSize: 1440, OnPacket: log.hook})
+	sub := subscribe(t, c, "_svc.example.org.", dns.TypePTR)
+	want := rrSetOf(t, ptrs...)
+	converge(t, sub, want)
+	if n := log.truncated(); n != 0 {
+		t.Fatalf("%d truncated replies", n)
+	}
+	evs := log.of(sub.ID())
+	if len(evs) == 0 {
+		t.Fatal("the whole set fitted the ACK: the test proves nothing")
+	}
+	for _, p := range evs {
+		if p.size > 1440 {
+			t.Fatalf("event of %d bytes to a 1440-byte client", p.size)
+		}
+	}
+	eventually(t, "every event acknowledged", func() bool { return acked() >= float64(len(evs)) })
+}
