@@ -197,7 +197,7 @@ func (e *Engine) admit(addr netip.Addr) *setupError {
 // establish creates the LLQ id for q on behalf of client, or returns the
 // existing one when the client repeats itself, and returns the answers the
 // ACK carries.
-func (e *Engine) establish(id uint64, q dns.Question, client netip.AddrPort, lease uint32, udpSize uint16, now time.Time) ([]dns.RR, uint32, *setupError) {
+func (e *Engine) establish(id uint64, q dns.Question, client netip.AddrPort, proven bool, lease uint32, udpSize uint16, now time.Time) ([]dns.RR, uint32, *setupError) {
 	key := keyOf(q)
 	e.mu.Lock()
 	if s, ok := e.t.subs[id]; ok {
@@ -281,7 +281,7 @@ func (e *Engine) establish(id uint64, q dns.Question, client netip.AddrPort, lea
 		e.t.questions[key]++
 		topicsGauge.Inc()
 	}
-	s := &subscription{id: id, topic: t, e: e, client: client, udpSize: udpSize}
+	s := &subscription{id: id, topic: t, e: e, client: client, udpSize: udpSize, proven: proven}
 	s.expiry.init(s)
 	e.t.add(s)
 	e.grant(s, lease, now)
@@ -298,7 +298,7 @@ func (e *Engine) grant(s *subscription, lease uint32, now time.Time) {
 
 // refresh renews or (lease 0) terminates LLQ id for client. A non-zero
 // eventPort moves the client's events there.
-func (e *Engine) refresh(id uint64, q dns.Question, client netip.AddrPort, eventPort uint16, lease uint32, now time.Time) (uint32, *setupError) {
+func (e *Engine) refresh(id uint64, q dns.Question, client netip.AddrPort, eventPort uint16, viaUDP bool, lease uint32, now time.Time) (uint32, *setupError) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	s, ok := e.t.subs[id]
@@ -313,7 +313,14 @@ func (e *Engine) refresh(id uint64, q dns.Question, client netip.AddrPort, event
 	// Events follow the client to the port its latest refresh came from:
 	// that is where its NAT mapping is now.
 	if eventPort != 0 {
-		e.t.move(s, netip.AddrPortFrom(client.Addr(), eventPort))
+		to := netip.AddrPortFrom(client.Addr(), eventPort)
+		if to != s.client && !viaUDP {
+			s.proven, s.unsolicited = false, false // a new port named over TCP
+		}
+		e.t.move(s, to)
+		if viaUDP {
+			e.prove(s, now) // the refresh came from that port
+		}
 	}
 	granted := e.config().clampLease(lease)
 	e.grant(s, granted, now)

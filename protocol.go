@@ -275,7 +275,9 @@ func (e *Engine) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.AddrPort, 
 			setups.WithLabelValues("bad-challenge").Inc()
 			return fail(wire.NoSuchLLQ, 0)
 		}
-		answers, granted, err := e.establish(id, q, client, lease, udpSize, now)
+		// A UDP setup's challenge response came from the event port; a
+		// port named over TCP must still prove itself.
+		answers, granted, err := e.establish(id, q, client, !tcp, lease, udpSize, now)
 		if err != nil {
 			if err.limit {
 				setups.WithLabelValues("serv-full").Inc()
@@ -293,7 +295,7 @@ func (e *Engine) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.AddrPort, 
 		if tcp {
 			port = o.Error // 0 keeps the event port
 		}
-		granted, err := e.refresh(o.Id, q, src, port, o.LeaseLife, now)
+		granted, err := e.refresh(o.Id, q, src, port, !tcp, o.LeaseLife, now)
 		if err != nil {
 			return fail(err.code, err.lease)
 		}

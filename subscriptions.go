@@ -101,8 +101,47 @@ type subscription struct {
 	expires time.Time      // end of the last granted lease
 	expiry  timer          // embedded, see firer; initialised by establish
 	pending []transmission // unacknowledged event packets, oldest first
+	held    *event         // news for an unproven port, sent once it proves itself; see publish
 	udpSize uint16         // largest event packet the client accepts
 	gone    bool           // removed from the table; timers still pointing here must do nothing
+	// proven is set when the event port has shown it wants events: the
+	// setup or a refresh came from it over UDP, or it acknowledged an
+	// event. A port named over TCP has not: see publish.
+	proven      bool
+	unsolicited bool // the one packet an unproven port may get has been sent
+}
+
+// hold adds st to the news kept for s's unproven port. Call with e.mu held.
+func (s *subscription) hold(st statement) {
+	if s.held == nil {
+		s.held = newEvent(s, statement{})
+	}
+	for i, k := range st.keys {
+		if j := slices.Index(s.held.keys, k); j >= 0 {
+			s.held.rrs[j] = st.rrs[i]
+			continue
+		}
+		s.held.keys = append(s.held.keys, k)
+		s.held.rrs = append(s.held.rrs, st.rrs[i])
+	}
+}
+
+// prove marks s's event port as wanting events and sends it what it was
+// held back from. Call with e.mu held.
+func (e *Engine) prove(s *subscription, now time.Time) {
+	if s.proven {
+		return
+	}
+	s.proven = true
+	if h := s.held; h != nil {
+		s.held = nil
+		// A retransmission restates the current truth of every record.
+		adds := make([]bool, len(h.keys))
+		for _, st := range split(s.topic.question, h.keys, h.rrs, adds, s.udpSize) {
+			ev := newEvent(s, st)
+			e.sched.schedule(&ev.retry, now)
+		}
+	}
 }
 
 // fire runs when s's lease timer is due.
