@@ -51,3 +51,16 @@ func publishLimits(c *config) {
 	limitGauge.WithLabelValues("client-prefix-ipv6").Set(float64(c.clientBits.v6))
 	limitGauge.WithLabelValues("client-prefix-ipv4").Set(float64(c.clientBits.v4))
 }
+
+// The state file (state.go).
+var (
+	stateWrites       = counterVec("state_writes_total", "State file writes, by result.", "result")
+	stateWriteSeconds = promauto.NewHistogram(prometheus.HistogramOpts{Namespace: plugin.Namespace, Subsystem: "llq",
+		Name: "state_write_duration_seconds", Help: "Time to snapshot, encode and durably write the state file.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)})
+	stateBytes = promauto.NewGauge(prometheus.GaugeOpts{Namespace: plugin.Namespace, Subsystem: "llq",
+		Name: "state_file_bytes", Help: "Size of the state file last written."})
+	stateLLQs = promauto.NewGauge(prometheus.GaugeOpts{Namespace: plugin.Namespace, Subsystem: "llq",
+		Name: "state_file_llqs", Help: "LLQs in the state file last written."})
+	stateRestored = counterVec("state_restored_total", "LLQs read from the state file at start, by what became of them.", "result")
+)
