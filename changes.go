@@ -68,7 +68,7 @@ func (ch change) hits(e *Engine, name string) bool {
 // changeQueue debounces changes and re-resolves the affected topics, so
 // that work scales with what changed and a burst of signals costs one pass.
 // A pass only finds the topics; each backend re-resolves its own, up to
-// resolveParallel at a time, so that a slow backend (a forward waiting on
+// resolve-parallel (default 8) at a time, so that a slow backend (a forward waiting on
 // its upstream) delays neither the other backends nor the next pass.
 type changeQueue struct {
 	e       *Engine
@@ -88,11 +88,6 @@ type resolveQueue struct {
 	todo   []work
 	active int // goroutines working through todo
 }
-
-// resolveParallel bounds the re-resolutions in flight per backend: enough
-// to keep one slow question from holding up the rest of its zone, few
-// enough not to flood an upstream.
-const resolveParallel = 8
 
 // scanChunk is how many topics a pass matches per hold of the engine lock,
 // which every ack and setup needs meanwhile.
@@ -209,7 +204,9 @@ func (c *changeQueue) queue(w work) {
 		c.queues[w.b] = q
 	}
 	q.todo = append(q.todo, w)
-	if q.active < resolveParallel {
+	// Enough to keep one slow question from holding up the rest of its
+	// zone, few enough not to flood an upstream.
+	if q.active < max(1, c.e.config().resolveWorkers) {
 		q.active++
 		c.running.Add(1)
 		go c.resolveAll(w.b, q)

@@ -22,6 +22,7 @@ type config struct {
 	clientBits     clientBits    // how much of an address is one client for per-client limits
 	conns          connLimits    // TCP connections
 	handoff        bool          // queries below llq run on warm workers (handoff.go)
+	resolveWorkers int           // re-resolutions in flight per backend
 }
 
 func defaultConfig() *config {
@@ -42,6 +43,7 @@ func defaultConfig() *config {
 		clientBits:     defaultClientBits,
 		conns:          defaultConnLimits,
 		handoff:        true,
+		resolveWorkers: 8,
 	}
 }
 

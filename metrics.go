@@ -44,6 +44,7 @@ func publishLimits(c *config) {
 	limitGauge.WithLabelValues("lease-min-seconds").Set(c.minLease.Seconds())
 	limitGauge.WithLabelValues("lease-max-seconds").Set(c.maxLease.Seconds())
 	limitGauge.WithLabelValues("retransmit-attempts").Set(float64(c.attempts))
+	limitGauge.WithLabelValues("resolve-parallel").Set(float64(c.resolveWorkers))
 	limitGauge.WithLabelValues("max-connections").Set(float64(c.conns.max))
 	limitGauge.WithLabelValues("max-connections-per-client").Set(float64(c.conns.perClient))
 	limitGauge.WithLabelValues("idle-timeout-seconds").Set(c.conns.idle.Seconds())

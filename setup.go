@@ -199,6 +199,11 @@ func parse(c *caddy.Controller) ([]string, *config, error) {
 				if cfg.clientBits.v6, err = prefixLen(args[0], 128); err == nil && len(args) == 2 {
 					cfg.clientBits.v4, err = prefixLen(args[1], 32)
 				}
+			case "resolve-parallel":
+				cfg.resolveWorkers, err = count(args)
+				if err == nil && cfg.resolveWorkers < 1 {
+					err = fmt.Errorf("must be at least 1")
+				}
 			case "handoff":
 				if len(args) != 1 || args[0] != "on" && args[0] != "off" {
 					err = fmt.Errorf("want on or off")

@@ -120,6 +120,9 @@ func TestParse(t *testing.T) {
 		{input: "llq {\n client-prefix\n}", err: "Wrong argument count"},
 		{input: "llq {\n client-prefix 64 32 1\n}", err: "Wrong argument count"},
 
+		{input: "llq {\n resolve-parallel 2\n}", check: func(c *config) bool { return c.resolveWorkers == 2 }},
+		{input: "llq {\n resolve-parallel 0\n}", err: "at least 1"},
+		{input: "llq {\n resolve-parallel\n}", err: "want one number"},
 		{input: "llq {\n handoff off\n}", check: func(c *config) bool { return !c.handoff }},
 		{input: "llq {\n handoff on\n}", check: func(c *config) bool { return c.handoff }},
 		{input: "llq {\n handoff\n}", err: "want on or off"},
