@@ -16,12 +16,13 @@ type zoneProbe struct {
 	trigger string
 	zones   func(yield func(origin string, z *file.Zone))
 
-	// A backend that is not a zone file (hosts, etcd) sets these instead.
-	// changed runs on every scan and returns the zones that changed since
-	// the last one; covers says which names the probe watches, so that the
+	// A backend that is not a zone file (hosts, etcd, kubernetes) sets
+	// these instead. changed runs on every scan and returns what changed
+	// since the last one (a change without a trigger is the probe's);
+	// covers says which names the probe watches, so that the
 	// poll leaves them alone; stop ends what the probe runs on its own
 	// (etcd's watch) when the probe is removed.
-	changed func() []string
+	changed func() []change
 	covers  func(name string) bool
 	stop    func()
 }
@@ -142,8 +143,11 @@ func (w *watchers) scanZones() {
 	now := make(map[probedZone]*tree.Tree, len(w.seen))
 	for _, p := range w.probes {
 		if p.changed != nil {
-			for _, z := range p.changed() {
-				changed = append(changed, change{trigger: p.trigger, zone: z})
+			for _, ch := range p.changed() {
+				if ch.trigger == "" {
+					ch.trigger = p.trigger
+				}
+				changed = append(changed, ch)
 			}
 		}
 		if p.zones == nil {
@@ -183,4 +187,14 @@ func (w *watchers) pollAll() {
 	}
 	w.e.changes.mark(change{trigger: "poll", zone: ".", uncovered: true})
 	w.armPoll()
+}
+
+// zoneChanges is a change of each of zones, for a probe that cannot tell
+// which of their names moved.
+func zoneChanges(zones []string) []change {
+	out := make([]change, len(zones))
+	for i, z := range zones {
+		out[i] = change{zone: z}
+	}
+	return out
 }
