@@ -154,7 +154,7 @@ func TestParse(t *testing.T) {
 	}
 	for i, tc := range tests {
 		c := caddy.NewTestController("dns", tc.input)
-		zones, cfg, err := parse(c)
+		zones, cfg, _, err := parse(c)
 		if tc.err != "" {
 			if err == nil {
 				t.Errorf("test %d %q: no error, want %q", i, tc.input, tc.err)
@@ -179,7 +179,7 @@ func TestParse(t *testing.T) {
 func TestParseZonesFromServerBlock(t *testing.T) {
 	c := caddy.NewTestController("dns", "llq")
 	c.ServerBlockKeys = []string{"example.org:1053", "Example.NET."}
-	zones, _, err := parse(c)
+	zones, _, _, err := parse(c)
 	if err != nil {
 		t.Fatal(err)
 	}
