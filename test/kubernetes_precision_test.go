@@ -16,6 +16,8 @@ import (
 	"github.com/miekg/dns"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 )
 
 // A change to one Service re-resolves the questions about that Service and
@@ -198,6 +200,14 @@ func TestKubernetesTriggerPrecision(t *testing.T) {
 	}
 	nSvc, nChanges := env("LLQ_K8S_PRECISION_SERVICES", 1000), env("LLQ_K8S_PRECISION_CHANGES", 20)
 	cp := startControlPlane(t)
+	// client-go's default of 5 requests per second would spend most of the
+	// run creating objects.
+	fast := rest.CopyConfig(cp.config)
+	fast.QPS, fast.Burst = 1000, 1000
+	var err error
+	if cp.client, err = kubernetes.NewForConfig(fast); err != nil {
+		t.Fatal(err)
+	}
 	ns := cp.namespace(t)
 	svcs := make([]precisionService, nSvc)
 	var qs []dns.Question
