@@ -10,9 +10,10 @@ func TestScanTwoCopiesOfAZone(t *testing.T) {
 	env := newTestEnv(t, nil)
 	a, b := parseZone(t, zoneData), parseZone(t, withRecords("www IN A 192.0.2.1"))
 	marks := track(t, triggerChanges.WithLabelValues("file"))
+	other := &LLQ{Zones: []string{testZone}, cfg: env.owner.cfg}
 	env.e.watch.add(
 		zoneProbe{owner: env.owner, trigger: "file", zones: staticZones(fileZones(a))},
-		zoneProbe{owner: env.owner, trigger: "file", zones: staticZones(fileZones(b))},
+		zoneProbe{owner: other, trigger: "file", zones: staticZones(fileZones(b))},
 	)
 	// The scans run on their own timer as well; whichever scan comes
 	// first sees both copies appear.
