@@ -147,7 +147,7 @@ func (b *Builder) Reconfirm(rr dns.RR) error {
 	}
 	mark, tlv, n := len(b.buf), b.tlv, b.n
 	b.OpenTLV(TypeReconfirm)
-	end, err := b.pack(rr, false)
+	end, err := b.pack(rr, false, rr.Header().Ttl)
 	if err != nil {
 		b.buf, b.tlv, b.n = b.buf[:mark], tlv, n
 		return err
@@ -175,12 +175,17 @@ func (b *Builder) Records() int { return b.n }
 // The TTL says what the record means: 0 to MaxAddTTL adds it,
 // RemoveRecordTTL removes it, and RemoveCollectiveTTL on a record without
 // RDATA (see CollectiveRemove) removes many.
-func (b *Builder) AddRecord(rr dns.RR) error {
+func (b *Builder) AddRecord(rr dns.RR) error { return b.AddRecordTTL(rr, rr.Header().Ttl) }
+
+// AddRecordTTL is AddRecord with ttl in place of rr's own TTL: a single
+// remove (RemoveRecordTTL) or an add with another TTL, written without
+// copying a record that a backend may share with other readers.
+func (b *Builder) AddRecordTTL(rr dns.RR, ttl uint32) error {
 	if b.comp == nil {
 		b.comp = make(map[string]int)
 	}
 	mark := len(b.buf)
-	end, err := b.pack(rr, true)
+	end, err := b.pack(rr, true, ttl)
 	limit := b.Limit
 	if limit == 0 {
 		limit = MaxPushLen
@@ -208,16 +213,17 @@ func (b *Builder) forget(mark int) {
 	}
 }
 
-// pack packs rr at the end of the buffer with miekg/dns and returns the end
-// offset in b.buf; it does not extend b.buf.
-func (b *Builder) pack(rr dns.RR, compress bool) (int, error) {
-	if compress && rr.Header().Ttl == RemoveCollectiveTTL {
+// pack packs rr with the given TTL at the end of the buffer with miekg/dns
+// and returns the end offset in b.buf; it does not extend b.buf.
+func (b *Builder) pack(rr dns.RR, compress bool, ttl uint32) (int, error) {
+	if compress && ttl == RemoveCollectiveTTL {
 		// A collective remove has no RDATA whatever its type: miekg/dns
 		// would pack the empty fields of an MX, say, as bytes.
 		b.bare = *rr.Header()
 		rr = &b.bare
 	}
 	b.wrap.RR, b.wrap.hdr = rr, *rr.Header()
+	b.wrap.hdr.Ttl = ttl
 	defer func() { b.wrap.RR = nil }()
 	var comp map[string]int
 	if compress {

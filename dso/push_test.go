@@ -362,3 +362,28 @@ func TestCollectiveRemoveHasNoRdata(t *testing.T) {
 		}
 	}
 }
+
+// AddRecordTTL writes its TTL, not the record's, and leaves the record as
+// it was: a remove is written without copying the backend's record.
+func TestAddRecordTTL(t *testing.T) {
+	in := rrs(t, "host.example.org. 300 IN A 192.0.2.1", "host.example.org. 300 IN AAAA 2001:db8::1")
+	b := NewBuilder(nil)
+	b.Start(0, false, 0)
+	b.StartPush()
+	if err := b.AddRecordTTL(in[0], RemoveRecordTTL); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.AddRecordTTL(in[1], 7); err != nil {
+		t.Fatal(err)
+	}
+	out, err := parsePush(t, b.Message())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != 2 || OpOf(out[0]) != OpRemove || out[1].Header().Ttl != 7 {
+		t.Fatalf("got %v", out)
+	}
+	if in[0].Header().Ttl != 300 || in[1].Header().Ttl != 300 {
+		t.Fatalf("records changed: %v", in)
+	}
+}
