@@ -1,11 +1,8 @@
 package llq
 
 import (
-	"strings"
 	"sync"
 	"time"
-
-	"github.com/miekg/dns"
 )
 
 // retryDelay is how long a topic whose re-resolution failed n times in a
@@ -40,25 +37,38 @@ type change struct {
 	affects func(name string) bool
 }
 
-// reaches reports whether ch may have changed t's answers. Besides t's own
-// name, the targets of CNAMEs in its answers count: the backend follows
-// those, so a change to a target changes t. Call with e.mu held.
-func (ch change) reaches(t *topic) bool {
-	if ch.affects == nil || ch.affects(t.key.name) {
+// reaches reports whether ch may have changed t's answers: t's own name, or
+// the target of a CNAME in its answers (the backend followed it, so a
+// change to the target changes t, in whatever zone the target is). A poll
+// skips only what native triggers watch entirely: t's name and every
+// target. Call with e.mu held.
+func (ch change) reaches(e *Engine, t *topic) bool {
+	if ch.hits(e, t.key.name) {
 		return true
 	}
-	for _, rr := range t.answers {
-		if c, ok := rr.(*dns.CNAME); ok && ch.affects(strings.ToLower(c.Target)) {
+	for _, target := range t.targets {
+		if ch.hits(e, target) {
 			return true
 		}
 	}
 	return false
 }
 
+// hits reports whether ch concerns name.
+func (ch change) hits(e *Engine, name string) bool {
+	if !subDomain(ch.zone, name) {
+		return false
+	}
+	if ch.uncovered && e.watch.covers(name) {
+		return false
+	}
+	return ch.affects == nil || ch.affects(name)
+}
+
 // changeQueue debounces changes and re-resolves the affected topics, so
 // that work scales with what changed and a burst of signals costs one pass.
 // A pass only finds the topics; each backend re-resolves its own, up to
-// resolveParallel at a time, so that a slow backend (a forward waiting on
+// resolve-parallel (default 8) at a time, so that a slow backend (a forward waiting on
 // its upstream) delays neither the other backends nor the next pass.
 type changeQueue struct {
 	e       *Engine
@@ -78,11 +88,6 @@ type resolveQueue struct {
 	todo   []work
 	active int // goroutines working through todo
 }
-
-// resolveParallel bounds the re-resolutions in flight per backend: enough
-// to keep one slow question from holding up the rest of its zone, few
-// enough not to flood an upstream.
-const resolveParallel = 8
 
 // scanChunk is how many topics a pass matches per hold of the engine lock,
 // which every ack and setup needs meanwhile.
@@ -170,10 +175,7 @@ func (c *changeQueue) process() {
 				continue
 			}
 			for _, ch := range pending {
-				if !subDomain(ch.zone, t.key.name) || !ch.reaches(t) {
-					continue
-				}
-				if ch.uncovered && e.watch.covers(t.key.name) {
+				if !ch.reaches(e, t) {
 					continue
 				}
 				if b, _ := e.backendFor(t.key.name); b != nil {
@@ -202,7 +204,9 @@ func (c *changeQueue) queue(w work) {
 		c.queues[w.b] = q
 	}
 	q.todo = append(q.todo, w)
-	if q.active < resolveParallel {
+	// Enough to keep one slow question from holding up the rest of its
+	// zone, few enough not to flood an upstream.
+	if q.active < max(1, c.e.config().resolveWorkers) {
 		q.active++
 		c.running.Add(1)
 		go c.resolveAll(w.b, q)
@@ -248,7 +252,14 @@ func (c *changeQueue) update(w work) {
 	if w.b == nil {
 		return
 	}
-	rrs, ok := askTopic(w.b, w.t.key, w.t.question, w.t.client)
+	res := askTopic(w.b, w.t.key, w.t.question, w.t.client)
+	rrs, ok := res.answers, res.ok
+	if w.b.viaServer && (res.reached == nil || res.reached.block != w.t.key.block) {
+		// The topic's block no longer answers its client (a reload
+		// changed the views or the acl): no news rather than another
+		// block's answer.
+		ok = false
+	}
 	resolutions.WithLabelValues(w.trigger).Inc()
 	now := time.Now()
 	e.mu.Lock()

@@ -22,6 +22,7 @@ type config struct {
 	clientBits     clientBits    // how much of an address is one client for per-client limits
 	conns          connLimits    // TCP connections
 	handoff        bool          // queries below llq run on warm workers (handoff.go)
+	resolveWorkers int           // re-resolutions in flight per backend
 
 	// DNS Push over TLS (push_*.go), off while tlsCert is "".
 	tlsCert, tlsKey, tlsCA string
@@ -55,6 +56,7 @@ func defaultConfig() *config {
 		clientBits:     defaultClientBits,
 		conns:          defaultConnLimits,
 		handoff:        true,
+		resolveWorkers: 8,
 
 		tlsListen:            ":853",
 		pushInactivity:       time.Minute,

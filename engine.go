@@ -26,9 +26,13 @@ type Engine struct {
 	// cfg is read on every message; an atomic pointer spares serve a trip
 	// through mu for it. A reload swaps the whole config: code that uses
 	// several fields together loads it once (see config).
-	cfg      atomic.Pointer[config]
-	topics   map[topicKey]*topic
-	backends []*backend // longest zone first is not needed: zoneFor picks the longest match
+	cfg    atomic.Pointer[config]
+	topics map[topicKey]*topic
+	// questions counts the topics per question (several blocks or views,
+	// client addresses), so that a challenge response can tell cheaply
+	// whether its question has a topic already (see topicsExist).
+	questions map[questionKey]int
+	backends  []*backend // longest zone first is not needed: zoneFor picks the longest match
 
 	sched   *scheduler
 	changes *changeQueue
@@ -42,9 +46,10 @@ type Engine struct {
 
 func newEngine(cfg *config) (*Engine, error) {
 	e := &Engine{
-		key:    cfg.listen,
-		topics: make(map[topicKey]*topic),
-		sched:  newScheduler(),
+		key:       cfg.listen,
+		topics:    make(map[topicKey]*topic),
+		questions: make(map[questionKey]int),
+		sched:     newScheduler(),
 	}
 	e.cfg.Store(cfg)
 	e.changes = newChangeQueue(e)
@@ -83,6 +88,7 @@ func (e *Engine) close() {
 	e.llq.forget()
 	topics := len(e.topics)
 	e.topics = make(map[topicKey]*topic)
+	e.questions = make(map[questionKey]int)
 	e.mu.Unlock()
 	// Gauges are shared by every engine in the process: subtract ours.
 	topicsGauge.Sub(float64(topics))
@@ -224,21 +230,23 @@ func plainFQDN(s string) bool {
 var (
 	errNotServed  = errors.New("no served zone contains the name")
 	errUnresolved = errors.New("the backend could not answer")
+	// errRefused: CoreDNS's port would not have had a block of this
+	// engine answer the client (acl refused it, another block or view
+	// serves it), so neither does a subscription.
+	errRefused = errors.New("refused to the client")
 )
 
 // joining is a subscription on its way into its topic: what the engine
-// looked up under its lock before resolving the question outside it.
+// looked up under its lock, then what the admission found outside it.
 type joining struct {
-	q      dns.Question
-	key    topicKey
-	client netip.AddrPort
-	b      *backend
-	zone   string
-	prev   answerSet // the topic's answers when looked up, if there was one
-	had    bool      // there was one
-	fresh  answerSet // resolved for a topic that did not exist yet
-	passes int
-	resync bool
+	q       dns.Question
+	key     topicKey // its block and client are known once resolved
+	client  netip.AddrPort
+	b       *backend
+	zone    string
+	answers []dns.RR // what the admission resolved
+	passes  int
+	resync  bool
 }
 
 // prepare starts a subscription to q on behalf of client: j.b is nil when
@@ -246,35 +254,43 @@ type joining struct {
 // transport admits subscribers through prepare, resolve and join, so that a
 // subscriber of any transport sees what an ordinary query would.
 //
-// all subscribes to every record at the name (see topicKey).
+// all subscribes to every record at the name (see questionKey).
 func (e *Engine) prepare(q dns.Question, client netip.AddrPort, all bool) joining {
-	key := keyOf(q)
+	key := topicKey{questionKey: keyOf(q)}
 	key.all = all
 	j := joining{q: q, key: key, client: client, passes: e.changes.passes}
 	j.b, j.zone = e.backendFor(j.key.name)
-	if t := e.topics[j.key]; t != nil {
-		j.prev, j.had = t.answers, true
-	}
 	return j
 }
 
-// exists reports whether j's topic existed when prepared.
-func (j *joining) exists() bool { return j.had }
-
-// resolve asks the backend for the answers when no topic had them yet. Call
-// without e.mu: a backend such as etcd may take a while.
-func (j *joining) resolve() error {
+// resolve admits j: the question is asked as this client would ask it on
+// CoreDNS's port. Through the CoreDNS server it must pass an llq of e,
+// whose block then keys the topic (with the client's address where the
+// block answers by it); otherwise the port would not have had llq's block
+// answer it, and the subscription is refused. Call without e.mu: a backend
+// such as etcd may take a while.
+func (j *joining) resolve(e *Engine) error {
 	if j.b == nil {
 		return errNotServed
 	}
-	if j.exists() {
-		return nil
+	res := askTopic(j.b, j.key, j.q, j.client)
+	if j.b.viaServer {
+		l := res.reached
+		if l == nil || l.engine() != e {
+			return errRefused
+		}
+		j.key.block = l.block
+		if len(l.perClient) > 0 {
+			j.key.client = j.client.Addr()
+		}
 	}
-	rrs, ok := askTopic(j.b, j.key, j.q, j.client)
-	if !ok {
+	if !res.ok {
+		if res.rcode == dns.RcodeRefused {
+			return errRefused
+		}
 		return errUnresolved
 	}
-	j.fresh = newAnswerSet(rrs)
+	j.answers = res.answers
 	return nil
 }
 
@@ -284,17 +300,14 @@ func (j *joining) resolve() error {
 func (e *Engine) join(s subscriber, tr transport, j *joining) []dns.RR {
 	t := e.topics[j.key]
 	if t == nil {
-		fresh := j.fresh
-		if fresh == nil { // the topic went away meanwhile: its last answers stand in
-			fresh = j.prev
-			j.resync = true
-		}
 		// A change pass that ran while the answers were being resolved could
 		// not see this topic: re-resolve it, or that change is lost to it.
-		j.resync = j.resync || e.changes.passes != j.passes
-		t = &topic{key: j.key, question: j.q, zone: j.zone, answers: fresh, subs: make(map[subscriber]struct{}, 1), client: j.client, e: e}
+		j.resync = e.changes.passes != j.passes
+		t = &topic{key: j.key, question: j.q, zone: j.zone, answers: newAnswerSet(j.answers), subs: make(map[subscriber]struct{}, 1), client: j.client, e: e}
 		t.retry.init(t)
+		t.noteTargets()
 		e.topics[j.key] = t
+		e.questions[j.key.questionKey]++
 		topicsGauge.Inc()
 	}
 	s.base().topic = t
@@ -323,6 +336,11 @@ func (e *Engine) leave(s subscriber, tr transport) bool {
 	t.remove(s, tr)
 	if len(t.subs) == 0 {
 		delete(e.topics, t.key)
+		if q := t.key.questionKey; e.questions[q] <= 1 {
+			delete(e.questions, q)
+		} else {
+			e.questions[q]--
+		}
 		topicsGauge.Dec()
 		e.sched.cancel(&t.retry)
 	}

@@ -84,17 +84,18 @@ func TestEtcdAffects(t *testing.T) {
 
 // A CNAME in a topic's answers makes its target's changes the topic's.
 func TestChangeReachesCNAMETarget(t *testing.T) {
-	tp := &topic{key: topicKey{name: "alias.example.org.", qtype: dns.TypeA, qclass: dns.ClassINET}}
+	env := newTestEnv(t, nil)
+	tp := &topic{key: topicKey{questionKey: questionKey{name: "alias.example.org.", qtype: dns.TypeA, qclass: dns.ClassINET}}}
 	tp.setAnswers(newAnswerSet(rrs(t,
 		"alias.example.org. 60 IN CNAME www.example.org.",
 		"www.example.org. 60 IN A 192.0.2.1")))
-	if !(change{trigger: "etcd", zone: testZone, affects: etcdAffects("www.example.org.")}).reaches(tp) {
+	if !(change{trigger: "etcd", zone: testZone, affects: etcdAffects("www.example.org.")}).reaches(env.e, tp) {
 		t.Error("a change of the CNAME target does not reach the alias")
 	}
-	if (change{trigger: "etcd", zone: testZone, affects: etcdAffects("mail.example.org.")}).reaches(tp) {
+	if (change{trigger: "etcd", zone: testZone, affects: etcdAffects("mail.example.org.")}).reaches(env.e, tp) {
 		t.Error("an unrelated change reaches the alias")
 	}
-	if !(change{trigger: "file", zone: testZone}).reaches(tp) {
+	if !(change{trigger: "file", zone: testZone}).reaches(env.e, tp) {
 		t.Error("a zone-wide change does not reach the alias")
 	}
 }

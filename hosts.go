@@ -40,11 +40,11 @@ func hostsProbe(conf *dnsserver.Config, owner *LLQ) []zoneProbe {
 	// PTR questions for any address are answered from the file too, not
 	// only those in Origins; their topics are marked, but left to the poll
 	// as well, since names the file lacks go on to the next plugin.
-	marked := slices.Concat(origins, []string{"in-addr.arpa.", "ip6.arpa."})
+	marked := zoneChanges(slices.Concat(origins, []string{"in-addr.arpa.", "ip6.arpa."}))
 
 	var last uintptr
 	seen := false
-	changed := func() []string {
+	changed := func() []change {
 		p := current()
 		if seen && p == last {
 			return nil

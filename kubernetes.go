@@ -18,27 +18,36 @@ import (
 )
 
 // The kubernetes plugin keeps services, endpoint slices, pods and
-// namespaces in informer caches. It has no callback; two signals show that
-// its caches moved, and llq's probe reads both on every zone scan. Any
-// change marks every zone of the plugin (and of k8s_external, which answers
-// from the same caches).
+// namespaces in informer caches. It has no callback; llq looks at those
+// caches on the zone scan and re-resolves only the topics whose names the
+// objects that changed answer for (kubeNames).
 //
-// The fine one is each informer's last synced resource version
-// (cache.Controller.LastSyncResourceVersion): the reflector moves it on
-// every watch event, a few microseconds before the informer's loop stores
-// the object in the cache. The informers sit in unexported fields of the
-// plugin's controller, read by reflection; should a CoreDNS release rename
-// them, only the coarse signal remains. Because the version moves just
-// before the cache does, a move is marked at once and once more kubeFollow
+// When to look. Each informer's last synced resource version
+// (cache.Controller.LastSyncResourceVersion) moves on every watch event,
+// bookmarks included, a few microseconds before the informer's loop stores
+// the object in its cache. The informers sit in unexported fields of the
+// plugin's controller, read by reflection. Because the version moves just
+// before the cache does, a move is looked at once and once more kubeFollow
 // later, when the cache has surely caught up.
 //
-// The coarse one is the Unix second the plugin's handlers store, one per
+// What changed. Beside each informer the controller keeps its cache (the
+// lister), read by reflection too. llq remembers the resource version of
+// every object it last saw there; a look lists the cache of the informer
+// that moved and compares, so a bookmark, a relist that changed nothing or
+// an object no subscriber asks about re-resolves nothing. A look costs a
+// pass over that informer's objects, at most once per scan.
+//
+// The coarse signal is the Unix second the plugin's handlers store, one per
 // mode (internal, external, multicluster), after the cache holds a change
 // that alters its answers. A change in the same second as the one last
 // seen leaves the value as it was, so every change seen is also followed by
-// one more mark just after its second has passed (kubeSettle into the next
-// second). With the versions readable that look is a safety net; without
-// them it bounds a change's delay to about 1.1 s.
+// one more look just after its second has passed (kubeSettle into the next
+// second). With the informers readable it is a safety net that finds
+// nothing new; without them (should a CoreDNS release rename the fields),
+// it marks every zone of the plugin, and of k8s_external, which answers
+// from the same caches, and bounds a change's delay to about 1.1 s. An
+// informer whose cache llq cannot read or whose objects it does not know
+// (multicluster imports) marks every zone when it moves.
 
 // kubeSettle is how far into the next second the second look comes, so
 // that the second whose changes it must catch has surely ended.
@@ -61,6 +70,79 @@ type versionSource interface {
 	LastSyncResourceVersion() string
 }
 
+// kubeStore is the part of client-go's cache.Store llq reads.
+type kubeStore interface {
+	List() []any
+}
+
+// kubeObject is what every object of the plugin's caches (object.Service,
+// object.Endpoints, object.Pod, object.Namespace) has.
+type kubeObject interface {
+	GetNamespace() string
+	GetName() string
+	GetResourceVersion() string
+}
+
+type objectKey struct{ namespace, name string }
+
+type seenObject struct {
+	obj  kubeObject
+	pass uint32
+}
+
+// kubeInformer is one informer of the plugin: its version, and its cache
+// when llq can read and name the objects in it.
+type kubeInformer struct {
+	kind    string // the controller's field prefix: svc, ep, pod, ns, ...
+	src     versionSource
+	cache   kubeStore // nil: a move marks every zone
+	version string
+	follow  time.Time
+	seen    map[objectKey]seenObject
+	pass    uint32
+}
+
+// diff appends to out every object that changed in the cache since the
+// last diff: both states of an updated object, the last state of a deleted
+// one.
+func (inf *kubeInformer) diff(out []kubeObject) []kubeObject {
+	if inf.seen == nil {
+		inf.seen = make(map[objectKey]seenObject)
+	}
+	inf.pass++
+	for _, x := range inf.cache.List() {
+		obj, ok := x.(kubeObject)
+		if !ok {
+			continue
+		}
+		k := objectKey{obj.GetNamespace(), obj.GetName()}
+		old, ok := inf.seen[k]
+		switch {
+		case !ok:
+			out = append(out, obj)
+		case old.obj.GetResourceVersion() != obj.GetResourceVersion():
+			out = append(out, old.obj, obj)
+		}
+		inf.seen[k] = seenObject{obj, inf.pass}
+	}
+	for k, s := range inf.seen {
+		if s.pass != inf.pass {
+			out = append(out, s.obj)
+			delete(inf.seen, k)
+		}
+	}
+	return out
+}
+
+// kubeDelta is what one look found: everything may have changed, or these
+// objects did.
+type kubeDelta struct {
+	all     bool
+	objects []kubeObject
+}
+
+func (d kubeDelta) empty() bool { return !d.all && len(d.objects) == 0 }
+
 // kubeWatch follows one server block's kubernetes plugin. check runs on the
 // scan, one call at a time.
 //
@@ -68,60 +150,68 @@ type versionSource interface {
 // before the plugin does (its OnStartup runs first, and the plugin's waits
 // for the sync), and the initial listing moves both signals while the
 // caches are still filling, which would re-resolve topics against half a
-// cluster. The sync itself then counts as one change: after a reload, no
-// topic has been compared with the new caches yet.
+// cluster. The sync itself then counts as a change of everything: after a
+// reload, no topic has been compared with the new caches yet.
 type kubeWatch struct {
 	conn     modifiedSource
-	informer []versionSource // may be empty
+	informer []*kubeInformer // may be empty
 	synced   bool
 	last     [len(kubeModes)]int64
-	versions []string
-	again    time.Time // when to mark once more for the coarse signal; zero when not due
-	follow   time.Time // the same for the fine one
+	again    time.Time // when to look once more for the coarse signal; zero when not due
 	now      func() time.Time
 }
 
-func newKubeWatch(conn modifiedSource, informers ...versionSource) *kubeWatch {
-	return &kubeWatch{conn: conn, informer: informers, versions: make([]string, len(informers)), now: time.Now}
+func newKubeWatch(conn modifiedSource, informers ...*kubeInformer) *kubeWatch {
+	return &kubeWatch{conn: conn, informer: informers, now: time.Now}
 }
 
-// check reports whether the plugin's answers may have changed since the
-// last check.
-func (w *kubeWatch) check() bool {
+// check reports what may have changed since the last check.
+func (w *kubeWatch) check() kubeDelta {
 	if !w.synced && !w.conn.HasSynced() {
-		return false
+		return kubeDelta{}
 	}
 	first := !w.synced
 	w.synced = true
-	changed := first
+	coarse := first
 	for i, m := range kubeModes {
 		v := w.conn.Modified(m)
 		if v == w.last[i] && !first {
 			continue
 		}
 		w.last[i] = v
-		changed = true
+		coarse = true
 		if at := time.Unix(v+1, 0).Add(kubeSettle); v > 0 && at.After(w.again) {
 			w.again = at
 		}
 	}
-	moved := false
-	for i, src := range w.informer {
-		if v := src.LastSyncResourceVersion(); v != w.versions[i] {
-			w.versions[i] = v
+	now := w.now()
+	if !coarse {
+		coarse = due(&w.again, now)
+	}
+	if len(w.informer) == 0 {
+		return kubeDelta{all: coarse}
+	}
+	var d kubeDelta
+	for _, inf := range w.informer {
+		moved := false
+		if v := inf.src.LastSyncResourceVersion(); v != inf.version {
+			inf.version = v
+			inf.follow = now.Add(kubeFollow)
 			moved = true
+		} else {
+			moved = due(&inf.follow, now)
+		}
+		switch {
+		case inf.cache != nil && (moved || coarse):
+			d.objects = inf.diff(d.objects)
+		case inf.cache == nil && moved:
+			d.all = true // it may have changed anything
 		}
 	}
-	now := w.now()
-	if moved {
-		w.follow = now.Add(kubeFollow)
-		changed = true
+	if first {
+		return kubeDelta{all: true}
 	}
-	if changed {
-		return true
-	}
-	again, follow := due(&w.again, now), due(&w.follow, now)
-	return again || follow
+	return d
 }
 
 // due reports whether the look planned for *at has come, and if so clears
@@ -135,24 +225,38 @@ func due(at *time.Time, now time.Time) bool {
 }
 
 // kubeInformers returns the informers of the plugin's controller, found by
-// reflection, or nothing when they are not where CoreDNS v1.15 keeps them.
-func kubeInformers(conn any) []versionSource {
+// reflection, or nothing when they are not where CoreDNS v1.15 keeps them:
+// each FOOController field, with the cache in its FOOLister field when
+// FOO is a kind llq can name (kubeKinds).
+func kubeInformers(conn any) []*kubeInformer {
 	v := reflect.ValueOf(conn)
 	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
 		return nil
 	}
 	v = v.Elem()
-	var out []versionSource
-	for i := range v.NumField() {
-		f := v.Field(i)
-		if !strings.HasSuffix(v.Type().Field(i).Name, "Controller") || f.Kind() != reflect.Interface || f.IsNil() {
-			continue
+	field := func(name string) any {
+		f := v.FieldByName(name)
+		if !f.IsValid() || f.Kind() != reflect.Interface || f.IsNil() {
+			return nil
 		}
 		// Unexported: reach the interface value through its address.
-		x := reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem().Interface()
-		if src, ok := x.(versionSource); ok {
-			out = append(out, src)
+		return reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem().Interface()
+	}
+	var out []*kubeInformer
+	for i := range v.NumField() {
+		kind, ok := strings.CutSuffix(v.Type().Field(i).Name, "Controller")
+		if !ok {
+			continue
 		}
+		src, ok := field(kind + "Controller").(versionSource)
+		if !ok {
+			continue
+		}
+		inf := &kubeInformer{kind: kind, src: src}
+		if slices.Contains(kubeKinds, kind) {
+			inf.cache, _ = field(kind + "Lister").(kubeStore)
+		}
+		out = append(out, inf)
 	}
 	return out
 }
@@ -168,32 +272,42 @@ func kubeProbe(conf *dnsserver.Config, owner *LLQ) []zoneProbe {
 		return nil
 	}
 	x, _ := conf.Handler("k8s_external").(*external.External)
-	return []zoneProbe{newKubeProbe(owner, k, x)}
+	return []zoneProbe{newKubeProbe(owner, k, x, kubeInformers(k.APIConn))}
 }
 
-// newKubeProbe watches k, and x when not nil. It covers the names the two
-// answer from their caches alone: not those they let fall through, and not
-// ExternalName services, whose CNAME targets are resolved elsewhere.
-func newKubeProbe(owner *LLQ, k *kubernetes.Kubernetes, x *external.External) zoneProbe {
+// newKubeProbe watches k, and x when not nil, through the informers of k's
+// controller. It covers the names the two answer from their caches alone:
+// not those they let fall through, and not ExternalName services, whose
+// CNAME targets are resolved elsewhere.
+func newKubeProbe(owner *LLQ, k *kubernetes.Kubernetes, x *external.External, informers []*kubeInformer) zoneProbe {
 	zones := lowerAll(k.Zones)
 	var extZones []string
 	var extFall fall.F
 	if x != nil {
 		extZones, extFall = lowerAll(x.Zones), x.Fall
 	}
-	marked := slices.Concat(zones, extZones)
-	informers := kubeInformers(k.APIConn)
+	all := zoneChanges(slices.Concat(zones, extZones))
 	if len(informers) == 0 {
 		kubeReflectOnce.Do(func() {
-			log.Warning("cannot read the kubernetes plugin's informers (CoreDNS changed them?); changes within a second of another wait for the next second")
+			log.Warning("cannot read the kubernetes plugin's informers (CoreDNS changed them?); every change re-resolves every cluster name, and changes within a second of another wait for the next second")
 		})
 	}
-	w := newKubeWatch(k.APIConn, informers...)
-	changed := func() []string {
-		if w.check() {
-			return marked
+	namer := kubeNamer{ext: extZones}
+	for _, z := range zones {
+		if !subDomain("arpa.", z) {
+			namer.zones = append(namer.zones, z)
 		}
-		return nil
+	}
+	w := newKubeWatch(k.APIConn, informers...)
+	changed := func() []change {
+		d := w.check()
+		switch {
+		case d.all:
+			return all
+		case len(d.objects) == 0:
+			return nil
+		}
+		return []change{{zone: ".", affects: namer.names(d.objects).affects}}
 	}
 	covers := func(name string) bool {
 		if z := longestZone(zones, name); z != "" {

@@ -38,7 +38,7 @@ func TestKubeWatchSameSecond(t *testing.T) {
 	w.now = func() time.Time { return now }
 	at := func(s int64, ms int) bool {
 		now = time.Unix(s, int64(ms)*int64(time.Millisecond))
-		return w.check()
+		return w.check().all
 	}
 	at(T-5, 500) // the sync (see TestKubeWatchSync)
 	at(T-4, 500)
@@ -96,7 +96,7 @@ func TestKubeWatchSync(t *testing.T) {
 	w.now = func() time.Time { return now }
 	at := func(s int64, ms int) bool {
 		now = time.Unix(s, int64(ms)*int64(time.Millisecond))
-		return w.check()
+		return w.check().all
 	}
 	for i := range 5 {
 		src.mod[kubernetes.ModifiedInternal].Store(T + int64(i))
@@ -129,24 +129,28 @@ func (f *fakeInformer) LastSyncResourceVersion() string {
 	return v
 }
 
-// TestKubeWatchResourceVersion: a watch event, seen as a moved resource
-// version, is reported at once, within the second of an earlier change, and
-// once more kubeFollow later for a cache still being written.
+// TestKubeWatchResourceVersion: a watch event of an informer whose cache
+// llq cannot read, seen as a moved resource version, marks everything at
+// once, within the second of an earlier change, and once more kubeFollow
+// later for a cache still being written; the coarse signal alone says
+// nothing about such an informer.
 func TestKubeWatchResourceVersion(t *testing.T) {
 	src := new(fakeModified)
 	eps, svcs := new(fakeInformer), new(fakeInformer)
 	eps.rv.Store("100")
 	const T = 1_700_000_000
 	src.mod[kubernetes.ModifiedInternal].Store(T - 5)
-	w := newKubeWatch(src, eps, svcs)
+	w := newKubeWatch(src, &kubeInformer{kind: "x", src: eps}, &kubeInformer{kind: "y", src: svcs})
 	var now time.Time
 	w.now = func() time.Time { return now }
 	at := func(s int64, ms int) bool {
 		now = time.Unix(s, int64(ms)*int64(time.Millisecond))
-		return w.check()
+		return w.check().all
 	}
-	at(T-5, 500) // the sync
-	at(T-4, 500) // its second look
+	if !at(T-5, 500) {
+		t.Fatal("the sync is not a change")
+	}
+	at(T-4, 500) // its follow-up and second looks
 	if at(T-3, 0) {
 		t.Fatal("reported a change with none")
 	}
@@ -170,11 +174,100 @@ func TestKubeWatchResourceVersion(t *testing.T) {
 	if at(T, 320) || !at(T, 360) || at(T, 500) {
 		t.Fatal("follow-up look not once, kubeFollow after the change")
 	}
-	if !at(T+1, int(kubeSettle/time.Millisecond)) {
-		t.Fatal("no second look after the change's second ended")
+	if at(T+1, int(kubeSettle/time.Millisecond)) || at(T+2, 0) {
+		t.Fatal("the coarse second look marked everything for informers whose versions it saw")
 	}
-	if at(T+2, 0) {
-		t.Fatal("the second look repeats")
+}
+
+// fakeStore stands in for an informer's cache.
+type fakeStore struct{ objs map[string]kubeObject }
+
+func (f *fakeStore) List() []any {
+	var out []any
+	for _, o := range f.objs {
+		out = append(out, o)
+	}
+	return out
+}
+
+func svcObject(name, version string, ips ...string) *object.Service {
+	return &object.Service{Name: name, Namespace: "prod", Version: version, ClusterIPs: ips}
+}
+
+// TestKubeWatchObjects: with the cache readable, a look reports the objects
+// that changed, added, updated (both states) or deleted, and nothing for a
+// bookmark or a relist that changed no object.
+func TestKubeWatchObjects(t *testing.T) {
+	src := new(fakeModified)
+	inf := new(fakeInformer)
+	inf.rv.Store("10")
+	store := &fakeStore{objs: map[string]kubeObject{
+		"web": svcObject("web", "5", "10.0.0.1"),
+		"db":  svcObject("db", "6", "10.0.0.2"),
+	}}
+	w := newKubeWatch(src, &kubeInformer{kind: "svc", src: inf, cache: store})
+	now := time.Unix(1_700_000_000, 0)
+	w.now = func() time.Time { return now }
+	look := func() kubeDelta {
+		now = now.Add(scanInterval)
+		return w.check()
+	}
+	if d := look(); !d.all {
+		t.Fatal("the sync is not a change of everything")
+	}
+	for range 10 { // the follow-up look, and quiet
+		if d := look(); !d.empty() {
+			t.Fatalf("reported %+v with no change", d)
+		}
+	}
+	versions := func(d kubeDelta) []string {
+		var out []string
+		for _, o := range d.objects {
+			out = append(out, o.GetName()+"@"+o.GetResourceVersion())
+		}
+		slices.Sort(out)
+		return out
+	}
+	for _, step := range []struct {
+		what   string
+		change func()
+		want   []string
+	}{
+		{"a bookmark", func() { inf.rv.Store("20") }, nil},
+		{"an update", func() { store.objs["web"] = svcObject("web", "21", "10.0.0.3"); inf.rv.Store("21") }, []string{"web@21", "web@5"}},
+		{"an add", func() { store.objs["mail"] = svcObject("mail", "22"); inf.rv.Store("22") }, []string{"mail@22"}},
+		{"a delete", func() { delete(store.objs, "db"); inf.rv.Store("23") }, []string{"db@6"}},
+		{"a relist with the same objects", func() {
+			store.objs["mail"] = svcObject("mail", "22")
+			inf.rv.Store("30")
+		}, nil},
+	} {
+		step.change()
+		if d := look(); d.all || !slices.Equal(versions(d), step.want) {
+			t.Errorf("%s: reported %v (all: %v), want %v", step.what, versions(d), d.all, step.want)
+		}
+		// The follow-up look and the coarse signal's find nothing more.
+		src.mod[kubernetes.ModifiedInternal].Store(now.Unix())
+		for range 10 {
+			if d := look(); !d.empty() {
+				t.Errorf("%s: reported %v again", step.what, versions(d))
+			}
+		}
+	}
+
+	// A cache written after its version moved (the reflector moves the
+	// version first) is caught by the follow-up look.
+	inf.rv.Store("40")
+	if d := look(); !d.empty() {
+		t.Fatalf("reported %v before the cache changed", versions(d))
+	}
+	store.objs["web"] = svcObject("web", "40")
+	var got []string
+	for range 5 {
+		got = append(got, versions(look())...)
+	}
+	if want := []string{"web@21", "web@40"}; !slices.Equal(got, want) {
+		t.Errorf("follow-up look reported %v, want %v", got, want)
 	}
 }
 
@@ -188,15 +281,24 @@ func TestKubeInformers(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := kubeInformers(k.APIConn)
-	// Services and namespaces; endpoint slices and pods only when the
-	// plugin's setup asks for them, which kubernetes.New alone does not.
-	if len(got) != 2 {
-		t.Fatalf("found %d informers, want 2", len(got))
-	}
+	// Services and namespaces, with their caches; endpoint slices and pods
+	// only when the plugin's setup asks for them, which kubernetes.New
+	// alone does not.
+	var kinds []string
 	for _, inf := range got {
-		if v := inf.LastSyncResourceVersion(); v != "" {
-			t.Errorf("resource version %q before any listing", v)
+		kinds = append(kinds, inf.kind)
+		if v := inf.src.LastSyncResourceVersion(); v != "" {
+			t.Errorf("%s: resource version %q before any listing", inf.kind, v)
 		}
+		if inf.cache == nil {
+			t.Errorf("%s: no cache", inf.kind)
+		} else if n := len(inf.cache.List()); n != 0 {
+			t.Errorf("%s: %d objects before any listing", inf.kind, n)
+		}
+	}
+	slices.Sort(kinds)
+	if want := []string{"ns", "svc"}; !slices.Equal(kinds, want) {
+		t.Fatalf("found informers %v, want %v", kinds, want)
 	}
 	if got := kubeInformers(stubConn{fakeModified: new(fakeModified)}); len(got) != 0 {
 		t.Errorf("found %d informers in a stub", len(got))
@@ -251,17 +353,27 @@ func TestKubeProbe(t *testing.T) {
 	}}
 	x := external.New()
 	x.Zones = []string{"example.com."}
-	p := newKubeProbe(nil, k, x)
+	p := newKubeProbe(nil, k, x, nil)
 
 	all := []string{"cluster.local.", "in-addr.arpa.", "example.com."}
-	if z := p.changed(); !slices.Equal(z, all) { // the sync
+	zones := func() []string {
+		var out []string
+		for _, ch := range p.changed() {
+			if ch.affects != nil {
+				t.Fatalf("a narrowed change without informers: %+v", ch)
+			}
+			out = append(out, ch.zone)
+		}
+		return out
+	}
+	if z := zones(); !slices.Equal(z, all) { // the sync
 		t.Fatalf("marked %v at the sync", z)
 	}
-	if z := p.changed(); z != nil {
+	if z := zones(); z != nil {
 		t.Fatalf("marked %v with no change", z)
 	}
 	src.mod[kubernetes.ModifiedInternal].Store(time.Now().Unix())
-	if z := p.changed(); !slices.Equal(z, all) {
+	if z := zones(); !slices.Equal(z, all) {
 		t.Fatalf("marked %v", z)
 	}
 
@@ -278,6 +390,59 @@ func TestKubeProbe(t *testing.T) {
 	} {
 		if got := p.covers(name); got != want {
 			t.Errorf("covers(%s) = %v, want %v", name, got, want)
+		}
+	}
+}
+
+// TestKubeNames: each kind of object maps to the names whose answers it
+// feeds, and to no other.
+func TestKubeNames(t *testing.T) {
+	namer := kubeNamer{zones: []string{"cluster.local."}, ext: []string{"example.com."}}
+	for _, tc := range []struct {
+		obj     kubeObject
+		yes, no []string
+	}{
+		{
+			obj: &object.Service{Name: "web", Namespace: "prod", ClusterIPs: []string{"10.0.0.1", "fd00::1"}, ExternalIPs: []string{"192.0.2.1"}},
+			yes: []string{
+				"web.prod.svc.cluster.local.", "_http._tcp.web.prod.svc.cluster.local.", "web-0.web.prod.svc.cluster.local.",
+				"prod.svc.cluster.local.", "cluster.local.", "ns.dns.cluster.local.",
+				"web.prod.example.com.", "example.com.",
+				"1.0.0.10.in-addr.arpa.", "1.2.0.192.in-addr.arpa.",
+				"1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.",
+			},
+			no: []string{
+				"db.prod.svc.cluster.local.", "web.dev.svc.cluster.local.", "eb.prod.svc.cluster.local.",
+				"svc.cluster.local.", "web.prod.svc.other.", "2.0.0.10.in-addr.arpa.", "10-0-0-1.prod.pod.cluster.local.",
+			},
+		},
+		{
+			obj: &object.Endpoints{Name: "web-abcde", Namespace: "prod", Index: object.EndpointsKey("web", "prod"),
+				Subsets: []object.EndpointSubset{{Addresses: []object.EndpointAddress{{IP: "10.1.0.1", Hostname: "web-0"}}}}},
+			yes: []string{"web.prod.svc.cluster.local.", "web-0.web.prod.svc.cluster.local.", "_http._tcp.web.prod.svc.cluster.local.", "1.0.1.10.in-addr.arpa.", "web.prod.example.com."},
+			no:  []string{"web-abcde.prod.svc.cluster.local.", "db.prod.svc.cluster.local.", "2.0.1.10.in-addr.arpa."},
+		},
+		{
+			obj: &object.Pod{Name: "web-0", Namespace: "prod", PodIPs: []string{"10.1.0.1", "fd00::a"}},
+			yes: []string{"10-1-0-1.prod.pod.cluster.local.", "fd00--a.prod.pod.cluster.local.", "fd00-0-0-0-0-0-0-a.prod.pod.cluster.local."},
+			no:  []string{"10-1-0-2.prod.pod.cluster.local.", "10-1-0-1.dev.pod.cluster.local.", "web-0.prod.pod.cluster.local.", "web.prod.svc.cluster.local.", "1.0.1.10.in-addr.arpa.", "10-1-0-1.prod.pod.example.com."},
+		},
+		{
+			obj: &object.Namespace{Name: "prod"},
+			yes: []string{"prod.svc.cluster.local.", "web.prod.svc.cluster.local.", "10-1-0-1.prod.pod.cluster.local.", "web.prod.example.com."},
+			no:  []string{"dev.svc.cluster.local.", "cluster.local.", "prod.cluster.local."},
+		},
+	} {
+		names := namer.names([]kubeObject{tc.obj})
+		for _, n := range tc.yes {
+			if !names.affects(n) {
+				t.Errorf("%T %s does not affect %s", tc.obj, tc.obj.GetName(), n)
+			}
+		}
+		for _, n := range tc.no {
+			if names.affects(n) {
+				t.Errorf("%T %s affects %s", tc.obj, tc.obj.GetName(), n)
+			}
 		}
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"context"
 	"sync"
 
+	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/plugin"
 	"github.com/miekg/dns"
 	ot "github.com/opentracing/opentracing-go"
@@ -34,8 +35,15 @@ type LLQ struct {
 	Zones []string
 	cfg   *config
 
-	mu sync.RWMutex
-	e  *Engine
+	// Set up once by setup.go, before any question arrives.
+	addr      string   // the CoreDNS server's address, see serverAddr
+	block     string   // see blockID
+	perClient []string // plugins that make answers depend on the client
+
+	mu    sync.RWMutex
+	e     *Engine
+	below plugin.Handler    // the first plugin after cache, see setup.go
+	srv   *dnsserver.Server // the CoreDNS server of the block, once started
 }
 
 func (l *LLQ) Name() string { return "llq" }
@@ -44,6 +52,24 @@ func (l *LLQ) engine() *Engine {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	return l.e
+}
+
+func (l *LLQ) server() *dnsserver.Server {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.srv
+}
+
+func (l *LLQ) setServer(srv *dnsserver.Server) {
+	l.mu.Lock()
+	l.srv = srv
+	l.mu.Unlock()
+}
+
+func (l *LLQ) belowHandler() plugin.Handler {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.below
 }
 
 func (l *LLQ) setEngine(e *Engine) {
@@ -62,6 +88,9 @@ func (l *LLQ) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (i
 				return rcode, err
 			}
 		}
+	}
+	if rs := resolvingFrom(ctx); rs != nil {
+		return l.skipCache(ctx, w, r, rs)
 	}
 	stripLLQ(r)
 	if !l.cfg.handoff {

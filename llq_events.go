@@ -232,7 +232,21 @@ func (l *llqTransport) publish(t *topic, added, removed []string, old answerSet,
 			}
 			bySize[s.udpSize] = chunks
 		}
-		for _, c := range chunks {
+		for i, c := range chunks {
+			if !s.proven {
+				// A port named over TCP has not asked for events: one
+				// packet per setup, never retransmitted, and the rest
+				// held until the port acknowledges (see prove).
+				if s.unsolicited || i > 0 {
+					s.hold(c.st)
+					continue
+				}
+				s.unsolicited = true
+				ev := newEvent(s, c.st)
+				id := l.track(ev, c.st.adds, now, false)
+				out = append(out, delivery{to: s.client, msgID: id, llqID: s.id, lease: s.remaining(now), packet: c.packet})
+				continue
+			}
 			ev := newEvent(s, c.st)
 			id := l.track(ev, c.st.adds, now, false)
 			round.events = append(round.events, ev)
@@ -388,6 +402,9 @@ func (l *llqTransport) acknowledge(msgID uint16, llqID uint64, src netip.AddrPor
 	if !ok || s.client.Addr() != src.Addr() {
 		l.e.mu.Unlock()
 		return
+	}
+	if src == s.client {
+		l.prove(s, now)
 	}
 	i := -1
 	for j, tr := range s.pending {

@@ -174,17 +174,19 @@ func (l *listener) serveUDP() {
 			src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 			b := m.Buffers[0][:m.N]
 			var reply []byte
+			var after []delivery // sent once the reply is on its way
 			switch {
 			case m.N >= readSlot: // maybe cut short: MSG_TRUNC is not portable
 				reply = formErrHeader(b)
 			case challengeResponse(b) && !l.llq.e.topicsExist(b):
 				l.setupAside(b, src)
 			default:
-				reply = l.llq.serve(b, src, false)
+				reply, after = l.llq.serveThen(b, src, false)
 			}
 			if reply != nil {
 				l.writeTo(reply, src)
 			}
+			l.llq.send(after, "event")
 		}
 	}
 }
@@ -216,12 +218,13 @@ func challengeResponse(b []byte) bool {
 }
 
 // topicsExist reports whether every question of b is a topic already, so
-// that a challenge response for it resolves nothing and can stay on the
+// that a challenge response for it asks a backend that has answered it
+// before (the admission of the client, see establish) and can stay on the
 // reader.
 func (e *Engine) topicsExist(b []byte) bool {
 	n := int(binary.BigEndian.Uint16(b[4:]))
 	off := 12
-	keys := make([]topicKey, 0, 1)
+	keys := make([]questionKey, 0, 1)
 	for range n {
 		name, next, err := dns.UnpackDomainName(b, off)
 		if err != nil || next+4 > len(b) {
@@ -234,7 +237,7 @@ func (e *Engine) topicsExist(b []byte) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, k := range keys {
-		if e.topics[k] == nil {
+		if e.questions[k] == 0 {
 			return false
 		}
 	}
@@ -253,9 +256,11 @@ func (l *listener) setupAside(b []byte, src netip.AddrPort) {
 	l.wg.Add(1)
 	go func() {
 		defer func() { <-l.asides; l.wg.Done() }()
-		if reply := l.llq.serve(b, src, false); reply != nil {
+		reply, after := l.llq.serveThen(b, src, false)
+		if reply != nil {
 			l.writeTo(reply, src)
 		}
+		l.llq.send(after, "event")
 	}()
 }
 

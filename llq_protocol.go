@@ -15,7 +15,16 @@ import (
 // terminate and event acknowledgements. Replies never carry more than the
 // request did until the client has proven its address (no amplification):
 // only the ACK after a valid challenge response carries answers.
-func (l *llqTransport) serve(b []byte, src netip.AddrPort, tcp bool) (packed []byte) {
+func (l *llqTransport) serve(b []byte, src netip.AddrPort, tcp bool) []byte {
+	packed, after := l.serveThen(b, src, tcp)
+	l.send(after, "event")
+	return packed
+}
+
+// serveThen is serve for a transport that writes the reply itself: after
+// are event packets to send once the reply is on its way (the part of an
+// answer set that did not fit a UDP ACK).
+func (l *llqTransport) serveThen(b []byte, src netip.AddrPort, tcp bool) (packed []byte, after []delivery) {
 	defer func() {
 		// Enforce the no-amplification rule whatever the request looks like:
 		// compression pointers into the middle of labels (or into other
@@ -32,11 +41,11 @@ func (l *llqTransport) serve(b []byte, src netip.AddrPort, tcp bool) (packed []b
 		// answer one, whatever it holds (two servers could bounce errors
 		// forever).
 		wire.EventAcks(b, func(msgID uint16, llqID uint64) { l.acknowledge(msgID, llqID, src) })
-		return nil
+		return nil, nil
 	}
 	m := new(dns.Msg)
 	if err := m.Unpack(b); err != nil {
-		return formErrHeader(b)
+		return formErrHeader(b), nil
 	}
 	reply := new(dns.Msg)
 	reply.Id = m.Id
@@ -51,13 +60,13 @@ func (l *llqTransport) serve(b []byte, src netip.AddrPort, tcp bool) (packed []b
 
 	if m.Opcode != dns.OpcodeQuery {
 		reply.Rcode = dns.RcodeNotImplemented
-		return pack(reply)
+		return pack(reply), nil
 	}
 	if optCount(m) > 1 {
 		// RFC 6891 section 6.1.1: more than one OPT record is FORMERR.
 		reply.Rcode = dns.RcodeFormatError
 		errorsSent.WithLabelValues("FORMERR").Inc()
-		return pack(reply)
+		return pack(reply), nil
 	}
 	opt := m.IsEdns0()
 	opts := wire.Options(m)
@@ -65,14 +74,14 @@ func (l *llqTransport) serve(b []byte, src netip.AddrPort, tcp bool) (packed []b
 		// An ordinary query has no business here; the zone's own servers
 		// answer it.
 		reply.Rcode = dns.RcodeRefused
-		return pack(reply)
+		return pack(reply), nil
 	}
 	udpSize := l.e.config().udpSize
 	if opt.Version() != 0 {
 		reply.Rcode = dns.RcodeBadVers
 		wire.SetOptions(reply, udpSize)
 		errorsSent.WithLabelValues("BADVERS").Inc()
-		return pack(reply)
+		return pack(reply), nil
 	}
 	if wire.CheckLengths(b) != nil || len(opts) != len(m.Question) {
 		reply.Rcode = dns.RcodeFormatError
@@ -87,7 +96,7 @@ func (l *llqTransport) serve(b []byte, src netip.AddrPort, tcp bool) (packed []b
 			countError(wire.FormatErr)
 		}
 		wire.SetOptions(reply, udpSize, out...)
-		return pack(reply)
+		return pack(reply), nil
 	}
 
 	for _, q := range m.Question {
@@ -97,7 +106,7 @@ func (l *llqTransport) serve(b []byte, src netip.AddrPort, tcp bool) (packed []b
 			// so that no state and no challenge is spent on it.
 			reply.Rcode = dns.RcodeRefused
 			setups.WithLabelValues("refused").Inc()
-			return pack(reply)
+			return pack(reply), nil
 		}
 	}
 
@@ -107,11 +116,27 @@ func (l *llqTransport) serve(b []byte, src netip.AddrPort, tcp bool) (packed []b
 	}
 	now := time.Now()
 	out := make([]*dns.EDNS0_LLQ, len(opts))
+	refused := false
+	type part struct {
+		id       uint64
+		from, to int // its answers in reply.Answer
+	}
+	var parts []part
 	for i, o := range opts {
 		var answers []dns.RR
-		out[i], answers = l.question(m.Question[i], o, src, tcp, clientSize, now)
+		out[i], answers = l.question(m.Question[i], o, src, tcp, clientSize, now, &refused)
+		if len(answers) > 0 {
+			parts = append(parts, part{out[i].Id, len(reply.Answer), len(reply.Answer) + len(answers)})
+		}
 		reply.Answer = append(reply.Answer, answers...)
 		countError(out[i].Error)
+	}
+	if refused {
+		// CoreDNS's port would not have had llq's block answer this
+		// client: it gets what the port gives it, and no LLQ.
+		reply.Answer = nil
+		reply.Rcode = dns.RcodeRefused
+		return pack(reply), nil
 	}
 	wire.SetOptions(reply, udpSize, out...)
 	reply.Authoritative = true
@@ -124,19 +149,79 @@ func (l *llqTransport) serve(b []byte, src netip.AddrPort, tcp bool) (packed []b
 	// packing (a compression map, and every EDNS0 option packed just to be
 	// measured) for a reply that almost always fits.
 	packed = pack(reply)
+	if len(packed) > limit && !tcp {
+		// Never a TC-only ACK over UDP: Apple's client takes it for
+		// established, fails to fetch over TCP and falls back to polling.
+		// The ACK carries what fits; the rest follows as events,
+		// acknowledged and retransmitted like any, so the client ends up
+		// with the whole set.
+		all := reply.Answer
+		n := fitting(reply, all, limit)
+		reply.Answer = all[:n]
+		packed = pack(reply)
+		for _, p := range parts {
+			if lo := max(p.from, n); lo < p.to {
+				after = append(after, l.follow(p.id, all[lo:p.to], now)...)
+			}
+		}
+		return packed, after
+	}
 	if len(packed) > limit {
-		// The LLQ stands. Over UDP the client fetches the answers over TCP
-		// by repeating its challenge response there; an answer set beyond
-		// even a TCP message stays truncated, as it would for a query.
+		// An answer set beyond even a TCP message stays truncated, as it
+		// would for a query.
 		reply.Answer = nil
 		reply.Truncated = true
 		packed = pack(reply)
 	}
-	return packed
+	return packed, nil
+}
+
+// fitting returns how many of answers reply can carry within limit bytes.
+func fitting(reply *dns.Msg, answers []dns.RR, limit int) int {
+	lo, hi := 0, len(answers) // answers[:lo] fit; answers[:hi+1] do not
+	for lo < hi {
+		mid := (lo + hi + 1) / 2
+		reply.Answer = answers[:mid]
+		if b := pack(reply); b != nil && len(b) <= limit {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	return lo
+}
+
+// follow sends, as events to LLQ id, the records of its answer set that
+// did not fit its ACK. Each states the current truth and is retransmitted
+// until acknowledged.
+func (l *llqTransport) follow(id uint64, rrs []dns.RR, now time.Time) []delivery {
+	l.e.mu.Lock()
+	defer l.e.mu.Unlock()
+	s, ok := l.subs[id]
+	if !ok {
+		return nil
+	}
+	keys := make([]string, len(rrs))
+	adds := make([]bool, len(rrs))
+	var buf []byte
+	for i, rr := range rrs {
+		keys[i], buf = wire.RecordKey(rr, buf)
+		adds[i] = true
+	}
+	var out []delivery
+	for _, st := range split(s.topic.question, keys, rrs, adds, s.udpSize) {
+		d, err := l.restate(newEvent(s, st), now)
+		if err != nil {
+			log.Errorf("cannot pack event for %s: %v", s.topic.question.Name, err)
+			continue
+		}
+		out = append(out, d)
+	}
+	return out
 }
 
 // question handles the LLQ option of one question.
-func (l *llqTransport) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.AddrPort, tcp bool, udpSize uint16, now time.Time) (*dns.EDNS0_LLQ, []dns.RR) {
+func (l *llqTransport) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.AddrPort, tcp bool, udpSize uint16, now time.Time, refused *bool) (*dns.EDNS0_LLQ, []dns.RR) {
 	fail := func(code uint16, lease uint32) (*dns.EDNS0_LLQ, []dns.RR) {
 		return wire.NewOption(o.Opcode, code, o.Id, lease), nil
 	}
@@ -190,10 +275,16 @@ func (l *llqTransport) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.Addr
 			setups.WithLabelValues("bad-challenge").Inc()
 			return fail(wire.NoSuchLLQ, 0)
 		}
-		answers, granted, err := l.establish(id, q, client, lease, udpSize, now)
+		// A UDP setup's challenge response came from the event port; a
+		// port named over TCP must still prove itself.
+		answers, granted, err := l.establish(id, q, client, !tcp, lease, udpSize, now)
 		if err != nil {
 			if err.limit {
 				setups.WithLabelValues("serv-full").Inc()
+			}
+			if err.rcode == dns.RcodeRefused {
+				setups.WithLabelValues("refused").Inc()
+				*refused = true
 			}
 			return fail(err.code, err.lease)
 		}
@@ -204,7 +295,7 @@ func (l *llqTransport) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.Addr
 		if tcp {
 			port = o.Error // 0 keeps the event port
 		}
-		granted, err := l.refresh(o.Id, q, src, port, o.LeaseLife, now)
+		granted, err := l.refresh(o.Id, q, src, port, !tcp, o.LeaseLife, now)
 		if err != nil {
 			return fail(err.code, err.lease)
 		}

@@ -2,6 +2,7 @@ package llq
 
 import (
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/llqdns/llq/wire"
@@ -69,7 +70,46 @@ type llqSub struct {
 	expires      time.Time      // end of the last granted lease
 	expiry       timer          // embedded, see firer; initialised by establish
 	pending      []transmission // unacknowledged event packets, oldest first
+	held         *event         // news for an unproven port, sent once it proves itself; see publish
 	udpSize      uint16         // largest event packet the client accepts
+	// proven is set when the event port has shown it wants events: the
+	// setup or a refresh came from it over UDP, or it acknowledged an
+	// event. A port named over TCP has not: see publish.
+	proven      bool
+	unsolicited bool // the one packet an unproven port may get has been sent
+}
+
+// hold adds st to the news kept for s's unproven port. Call with e.mu held.
+func (s *llqSub) hold(st statement) {
+	if s.held == nil {
+		s.held = newEvent(s, statement{})
+	}
+	for i, k := range st.keys {
+		if j := slices.Index(s.held.keys, k); j >= 0 {
+			s.held.rrs[j] = st.rrs[i]
+			continue
+		}
+		s.held.keys = append(s.held.keys, k)
+		s.held.rrs = append(s.held.rrs, st.rrs[i])
+	}
+}
+
+// prove marks s's event port as wanting events and sends it what it was
+// held back from. Call with e.mu held.
+func (l *llqTransport) prove(s *llqSub, now time.Time) {
+	if s.proven {
+		return
+	}
+	s.proven = true
+	if h := s.held; h != nil {
+		s.held = nil
+		// A retransmission restates the current truth of every record.
+		adds := make([]bool, len(h.keys))
+		for _, st := range split(s.topic.question, h.keys, h.rrs, adds, s.udpSize) {
+			ev := newEvent(s, st)
+			l.e.sched.schedule(&ev.retry, now)
+		}
+	}
 }
 
 // fire runs when s's lease timer is due.
@@ -90,6 +130,7 @@ type setupError struct {
 	code  uint16
 	lease uint32 // retry-after for SERV-FULL
 	limit bool   // a configured limit refused it (setups_total{result="serv-full"})
+	rcode int    // when not 0, the whole message gets this rcode (REFUSED) instead
 }
 
 // admit checks the count limits for a new LLQ from addr. Call with e.mu held.
@@ -109,7 +150,11 @@ func (l *llqTransport) admit(addr netip.Addr) *setupError {
 // establish creates the LLQ id for q on behalf of client, or returns the
 // existing one when the client repeats itself, and returns the answers the
 // ACK carries.
-func (l *llqTransport) establish(id uint64, q dns.Question, client netip.AddrPort, lease uint32, udpSize uint16, now time.Time) ([]dns.RR, uint32, *setupError) {
+//
+// proven says whether the event port asked for events itself (a UDP setup's
+// challenge response came from it); a port named over TCP must still prove
+// itself (see publish).
+func (l *llqTransport) establish(id uint64, q dns.Question, client netip.AddrPort, proven bool, lease uint32, udpSize uint16, now time.Time) ([]dns.RR, uint32, *setupError) {
 	e := l.e
 	e.mu.Lock()
 	if s, ok := l.subs[id]; ok {
@@ -119,7 +164,7 @@ func (l *llqTransport) establish(id uint64, q dns.Question, client netip.AddrPor
 			// newcomer start over in a later epoch, which yields another ID.
 			return nil, 0, &setupError{code: wire.ServFull, lease: 1}
 		}
-		if s.topic.key != keyOf(q) {
+		if s.topic.key.questionKey != keyOf(q) {
 			return nil, 0, &setupError{code: wire.NoSuchLLQ}
 		}
 		setups.WithLabelValues("duplicate").Inc()
@@ -140,7 +185,13 @@ func (l *llqTransport) establish(id uint64, q dns.Question, client netip.AddrPor
 		limitRejections.WithLabelValues("setup-rate").Inc()
 		return nil, 0, &setupError{code: wire.ServFull, lease: uint32(wait/time.Second) + 1, limit: true}
 	}
-	if j.resolve() != nil {
+	// Admission through the CoreDNS server (see joining.resolve): a client
+	// the port would not have had llq's block answer gets REFUSED.
+	switch err := j.resolve(e); err {
+	case nil:
+	case errRefused:
+		return nil, 0, &setupError{rcode: dns.RcodeRefused}
+	default:
 		return nil, 0, &setupError{code: wire.UnknownErr}
 	}
 
@@ -153,7 +204,7 @@ func (l *llqTransport) establish(id uint64, q dns.Question, client netip.AddrPor
 	if err := l.admit(client.Addr()); err != nil {
 		return nil, 0, err
 	}
-	s := &llqSub{id: id, l: l, client: client, udpSize: udpSize}
+	s := &llqSub{id: id, l: l, client: client, udpSize: udpSize, proven: proven}
 	s.expiry.init(s)
 	answers := e.join(s, l, &j)
 	l.subs[id] = s
@@ -171,13 +222,14 @@ func (l *llqTransport) grant(s *llqSub, lease uint32, now time.Time) {
 }
 
 // refresh renews or (lease 0) terminates LLQ id for client. A non-zero
-// eventPort moves the client's events there.
-func (l *llqTransport) refresh(id uint64, q dns.Question, client netip.AddrPort, eventPort uint16, lease uint32, now time.Time) (uint32, *setupError) {
+// eventPort moves the client's events there; viaUDP says the refresh came
+// from it.
+func (l *llqTransport) refresh(id uint64, q dns.Question, client netip.AddrPort, eventPort uint16, viaUDP bool, lease uint32, now time.Time) (uint32, *setupError) {
 	e := l.e
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	s, ok := l.subs[id]
-	if !ok || s.client.Addr() != client.Addr() || s.topic.key != keyOf(q) {
+	if !ok || s.client.Addr() != client.Addr() || s.topic.key.questionKey != keyOf(q) {
 		return 0, &setupError{code: wire.NoSuchLLQ}
 	}
 	if lease == 0 {
@@ -188,7 +240,14 @@ func (l *llqTransport) refresh(id uint64, q dns.Question, client netip.AddrPort,
 	// Events follow the client to the port its latest refresh came from:
 	// that is where its NAT mapping is now.
 	if eventPort != 0 {
-		l.move(s, netip.AddrPortFrom(client.Addr(), eventPort))
+		to := netip.AddrPortFrom(client.Addr(), eventPort)
+		if to != s.client && !viaUDP {
+			s.proven, s.unsolicited = false, false // a new port named over TCP
+		}
+		l.move(s, to)
+		if viaUDP {
+			l.prove(s, now) // the refresh came from that port
+		}
 	}
 	granted := e.config().clampLease(lease)
 	l.grant(s, granted, now)
@@ -225,6 +284,7 @@ func (l *llqTransport) drop(s *llqSub) {
 		delete(l.subs, s.id)
 		l.uncount(s.client.Addr())
 		s.pending = nil
+		s.held = nil
 		l.e.sched.cancel(&s.expiry)
 		liveLLQs.Dec()
 	}

@@ -54,6 +54,7 @@ func publishLimits(c *config) {
 	limitGauge.WithLabelValues("lease-min-seconds").Set(c.minLease.Seconds())
 	limitGauge.WithLabelValues("lease-max-seconds").Set(c.maxLease.Seconds())
 	limitGauge.WithLabelValues("retransmit-attempts").Set(float64(c.attempts))
+	limitGauge.WithLabelValues("resolve-parallel").Set(float64(c.resolveWorkers))
 	limitGauge.WithLabelValues("max-connections").Set(float64(c.conns.max))
 	limitGauge.WithLabelValues("max-connections-per-client").Set(float64(c.conns.perClient))
 	limitGauge.WithLabelValues("idle-timeout-seconds").Set(c.conns.idle.Seconds())
@@ -67,3 +68,16 @@ func publishLimits(c *config) {
 	limitGauge.WithLabelValues("max-queued-bytes").Set(float64(c.maxQueued))
 	limitGauge.WithLabelValues("tls-handshake-timeout-seconds").Set(c.handshakeTimeout.Seconds())
 }
+
+// The state file (state.go).
+var (
+	stateWrites       = counterVec("state_writes_total", "State file writes, by result.", "result")
+	stateWriteSeconds = promauto.NewHistogram(prometheus.HistogramOpts{Namespace: plugin.Namespace, Subsystem: "llq",
+		Name: "state_write_duration_seconds", Help: "Time to snapshot, encode and durably write the state file.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)})
+	stateBytes = promauto.NewGauge(prometheus.GaugeOpts{Namespace: plugin.Namespace, Subsystem: "llq",
+		Name: "state_file_bytes", Help: "Size of the state file last written."})
+	stateLLQs = promauto.NewGauge(prometheus.GaugeOpts{Namespace: plugin.Namespace, Subsystem: "llq",
+		Name: "state_file_llqs", Help: "LLQs in the state file last written."})
+	stateRestored = counterVec("state_restored_total", "LLQs read from the state file at start, by what became of them.", "result")
+)

@@ -27,7 +27,7 @@ type session struct {
 	// (wire.RecordKey), so that a change reaching several subscriptions of
 	// the session is pushed once.
 	subs   map[uint16]*pushSub
-	byKey  map[topicKey]*pushSub
+	byKey  map[questionKey]*pushSub
 	stated map[string]int
 
 	// The reader's own state.
@@ -41,7 +41,7 @@ type session struct {
 
 func newSession(p *pushTransport, c net.Conn, addr netip.AddrPort) *session {
 	s := &session{p: p, conn: c, addr: addr,
-		subs: make(map[uint16]*pushSub), byKey: make(map[topicKey]*pushSub), stated: make(map[string]int)}
+		subs: make(map[uint16]*pushSub), byKey: make(map[questionKey]*pushSub), stated: make(map[string]int)}
 	s.out.init()
 	return s
 }
@@ -288,7 +288,15 @@ func (s *session) subscribe(m dso.Message, t dso.TLV) bool {
 		subscribes.WithLabelValues("notauth").Inc()
 		return true
 	}
-	if j.resolve() != nil {
+	switch err := j.resolve(e); err {
+	case nil:
+	case errRefused:
+		// The policy an ordinary query from this client meets on
+		// CoreDNS's port (acl, view) refuses it a subscription too.
+		s.respond(m.ID, dns.RcodeRefused)
+		subscribes.WithLabelValues("refused").Inc()
+		return true
+	default:
 		s.respond(m.ID, dns.RcodeServerFailure)
 		subscribes.WithLabelValues("servfail").Inc()
 		return true
@@ -363,7 +371,7 @@ func (s *session) drop(sub *pushSub) {
 	for k := range sub.topic.answers {
 		s.state(k, -1)
 	}
-	key := sub.topic.key
+	key := sub.topic.key.questionKey
 	if p.e.leave(sub, p) {
 		delete(s.subs, sub.id)
 		delete(s.byKey, key)

@@ -12,15 +12,15 @@ import (
 // askTopic resolves a topic's question through b: as an ordinary query
 // would be answered, or for a topic of every record at a name (key.all),
 // through resolveAll.
-func askTopic(b *backend, key topicKey, q dns.Question, client netip.AddrPort) ([]dns.RR, bool) {
+func askTopic(b *backend, key topicKey, q dns.Question, client netip.AddrPort) resolution {
 	if !key.all {
-		return b.lookup(q, client)
+		return b.lookupFull(q, client)
 	}
 	if b.started != nil { // as lookup: not before the plugins below have started
 		select {
 		case <-b.started:
 		case <-time.After(resolveTimeout):
-			return nil, false
+			return resolution{rcode: -1}
 		}
 	}
 	return resolveAll(b.handler, q.Name, client)
@@ -35,42 +35,30 @@ func askTopic(b *backend, key topicKey, q dns.Question, client netip.AddrPort) (
 // records owned by name itself (a CNAME's target answers for it, but is
 // not at the name). A name the backend says does not exist (NXDOMAIN) ends
 // the sweep at the first question. ok is false when any question failed:
-// failure is not change.
-func resolveAll(h plugin.Handler, name string, client netip.AddrPort) (out []dns.RR, ok bool) {
-	for _, t := range allTypes {
-		rcode, answers, ok := resolveRcode(h, dns.Question{Name: name, Qtype: t, Qclass: dns.ClassINET}, client)
-		if !ok {
-			return nil, false
+// failure is not change. Through the CoreDNS server, reached is the llq the
+// first question passed, and a sweep that another block answers in part
+// fails: a topic's answers come from one block.
+func resolveAll(h plugin.Handler, name string, client netip.AddrPort) resolution {
+	var out []dns.RR
+	var reached *LLQ
+	for i, t := range allTypes {
+		res := resolveFull(h, dns.Question{Name: name, Qtype: t, Qclass: dns.ClassINET}, client)
+		if i == 0 {
+			reached = res.reached
 		}
-		if rcode == dns.RcodeNameError {
-			return nil, true
+		if !res.ok || res.reached != reached {
+			return resolution{rcode: res.rcode, reached: reached}
 		}
-		for _, rr := range answers {
+		if res.rcode == dns.RcodeNameError {
+			return resolution{ok: true, rcode: res.rcode, reached: reached}
+		}
+		for _, rr := range res.answers {
 			if rr.Header().Rrtype == t && strings.EqualFold(rr.Header().Name, name) {
 				out = append(out, rr)
 			}
 		}
 	}
-	return out, true
-}
-
-// resolveRcode is resolve that also says whether the name exists.
-func resolveRcode(h plugin.Handler, q dns.Question, client netip.AddrPort) (int, []dns.RR, bool) {
-	if h == nil {
-		return 0, nil, false
-	}
-	r := ask(h, q, client, false)
-	if r != nil && r.Truncated {
-		r = ask(h, q, client, true)
-	}
-	if r == nil || r.Truncated {
-		return 0, nil, false
-	}
-	switch r.Rcode {
-	case dns.RcodeSuccess, dns.RcodeNameError:
-		return r.Rcode, r.Answer, true
-	}
-	return 0, nil, false
+	return resolution{answers: out, ok: true, rcode: dns.RcodeSuccess, reached: reached}
 }
 
 // allTypes is every data type miekg/dns knows, in numeric order: no

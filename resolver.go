@@ -24,18 +24,35 @@ type backend struct {
 	// is lost between the old instance's end and the new one's start:
 	// questions for it wait.
 	started chan struct{}
+	// viaServer is set when handler is the CoreDNS server (front.go): a
+	// question is then answered by a block only if it passed an llq.
+	viaServer bool
 }
 
 // lookup resolves q through b, as if client had asked.
 func (b *backend) lookup(q dns.Question, client netip.AddrPort) ([]dns.RR, bool) {
+	res := b.lookupFull(q, client)
+	return res.answers, res.ok
+}
+
+// lookupFull is lookup with everything it learnt.
+func (b *backend) lookupFull(q dns.Question, client netip.AddrPort) resolution {
 	if b.started != nil {
 		select {
 		case <-b.started:
 		case <-time.After(resolveTimeout):
-			return nil, false
+			return resolution{rcode: -1}
 		}
 	}
-	return resolve(b.handler, q, client)
+	return resolveFull(b.handler, q, client)
+}
+
+// resolution is what one re-resolution found.
+type resolution struct {
+	answers []dns.RR
+	ok      bool // a usable answer: NOERROR or NXDOMAIN, complete
+	rcode   int  // the answer's rcode, -1 without one
+	reached *LLQ // the llq the question passed through, if any: its block answered
 }
 
 const resolveTimeout = 5 * time.Second
@@ -52,26 +69,38 @@ const resolveBufSize = dns.DefaultMsgSize
 // removed. A truncated answer is asked again over TCP, which forward passes
 // on to its upstream.
 func resolve(h plugin.Handler, q dns.Question, client netip.AddrPort) (answers []dns.RR, ok bool) {
+	res := resolveFull(h, q, client)
+	return res.answers, res.ok
+}
+
+// resolveFull is resolve with everything it learnt.
+func resolveFull(h plugin.Handler, q dns.Question, client netip.AddrPort) resolution {
+	res := resolution{rcode: -1}
 	if h == nil {
-		return nil, false
+		return res
 	}
-	r := ask(h, q, client, false)
+	r, reached := ask(h, q, client, false)
 	if r != nil && r.Truncated {
-		r = ask(h, q, client, true)
+		r, reached = ask(h, q, client, true)
 	}
-	if r == nil || r.Truncated {
-		return nil, false
+	res.reached = reached
+	if r == nil {
+		return res
+	}
+	res.rcode = r.Rcode
+	if r.Truncated {
+		return res
 	}
 	switch r.Rcode {
 	case dns.RcodeSuccess, dns.RcodeNameError:
-		return r.Answer, true
+		res.answers, res.ok = r.Answer, true
 	}
-	return nil, false
+	return res
 }
 
 // ask sends q through h once, over UDP or TCP as far as the plugins can
-// tell, and returns what they wrote, or nil.
-func ask(h plugin.Handler, q dns.Question, client netip.AddrPort, tcp bool) *dns.Msg {
+// tell, and returns what they wrote, or nil, and the llq it passed.
+func ask(h plugin.Handler, q dns.Question, client netip.AddrPort, tcp bool) (*dns.Msg, *LLQ) {
 	m := new(dns.Msg)
 	m.Id = dns.Id()
 	m.RecursionDesired = true
@@ -79,11 +108,13 @@ func ask(h plugin.Handler, q dns.Question, client netip.AddrPort, tcp bool) *dns
 	m.SetEdns0(resolveBufSize, false)
 	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
 	defer cancel()
+	rs := &resolving{}
+	ctx = context.WithValue(ctx, resolvingKey{}, rs)
 	w := &captureWriter{remote: client, tcp: tcp}
 	if _, err := h.ServeDNS(ctx, w, m); err != nil {
-		return nil
+		return nil, rs.reached
 	}
-	return w.msg
+	return w.msg, rs.reached
 }
 
 // captureWriter is the dns.ResponseWriter of a re-resolution: it keeps the

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,6 +39,7 @@ func startupComplete(ev caddy.EventName, info any) error {
 	if ev != caddy.InstanceStartupEvent || !ok {
 		return nil
 	}
+	attachServers(inst)
 	inst.StorageMu.Lock()
 	fs, _ := inst.Storage[afterStartups{}].([]func())
 	delete(inst.Storage, afterStartups{})
@@ -49,7 +51,7 @@ func startupComplete(ev caddy.EventName, info any) error {
 }
 
 func setup(c *caddy.Controller) error {
-	zones, cfg, err := parse(c)
+	zones, cfg, src, err := parse(c)
 	if err != nil {
 		return plugin.Error("llq", err)
 	}
@@ -58,18 +60,45 @@ func setup(c *caddy.Controller) error {
 			return plugin.Error("llq", err)
 		}
 	}
-	l := &LLQ{Zones: zones, cfg: cfg}
+	where := src.where
 	conf := dnsserver.GetConfig(c)
+	if err := checkZones(zones, blockZones(c)); err != nil {
+		return plugin.Error("llq", fmt.Errorf("%s: %w", where, err))
+	}
+	if cfg.listen, err = followBind(cfg.listen, conf.ListenHosts); err != nil {
+		return plugin.Error("llq", fmt.Errorf("%s: %w", where, err))
+	}
+	if err := claimListen(listenClaims(c), cfg, where, src.options); err != nil {
+		return plugin.Error("llq", fmt.Errorf("%s: %w", where, err))
+	}
+	l := &LLQ{Zones: zones, cfg: cfg}
+	// The instance's llq handlers get their CoreDNS server once it has
+	// started (see front.go).
+	ls, _ := c.Get(instanceKey{}).([]*LLQ)
+	c.Set(instanceKey{}, append(ls, l))
+	keys := append([]string(nil), c.ServerBlockKeys...)
 
 	c.OnStartup(func() error {
+		if err := checkBackend(conf, l, where); err != nil {
+			return plugin.Error("llq", err)
+		}
+		l.addr = serverAddr(conf)
+		l.block = blockID(keys, conf.ViewName)
+		l.perClient = clientDependent(conf)
+		if len(l.perClient) > 0 {
+			log.Infof("answers in %v depend on the client (%v): one topic per client address", keys, l.perClient)
+		}
 		e, err := acquire(cfg)
 		if err != nil {
 			return plugin.Error("llq", err)
 		}
+		l.mu.Lock()
+		l.below = below(conf, l)
+		l.mu.Unlock()
 		l.setEngine(e)
 		started := make(chan struct{})
 		afterStartup(c, sync.OnceFunc(func() { close(started) }))
-		e.register(&backend{owner: l, zones: zones, handler: below(conf, l), started: started})
+		e.register(&backend{owner: l, zones: zones, handler: front{l}, viaServer: true, started: started})
 		e.watch.add(probes(conf, l, e)...)
 		log.Infof("LLQ listener on %s for %v", e.Addr(), zones)
 		if p := e.pushTransport(); p != nil {
@@ -112,15 +141,24 @@ func below(conf *dnsserver.Config, l *LLQ) plugin.Handler {
 	return l.Next
 }
 
-func parse(c *caddy.Controller) ([]string, *config, error) {
+// source is where an llq directive is and what it says, for messages.
+type source struct {
+	where   string   // FILE:LINE
+	options []string // its option lines other than listen, as written
+}
+
+// parse reads the llq directive.
+func parse(c *caddy.Controller) ([]string, *config, source, error) {
 	cfg := defaultConfig()
 	var zones []string
+	var src source
 	i := 0
 	for c.Next() {
 		if i > 0 {
-			return nil, nil, plugin.ErrOnce
+			return nil, nil, src, plugin.ErrOnce
 		}
 		i++
+		src.where = fmt.Sprintf("%s:%d", c.File(), c.Line())
 		zones = plugin.OriginsFromArgsOrServerBlock(c.RemainingArgs(), c.ServerBlockKeys)
 		for c.NextBlock() {
 			prop := c.Val()
@@ -129,12 +167,12 @@ func parse(c *caddy.Controller) ([]string, *config, error) {
 			switch prop {
 			case "listen":
 				if len(args) != 1 {
-					return nil, nil, c.ArgErr()
+					return nil, nil, src, c.ArgErr()
 				}
-				cfg.listen = args[0]
+				cfg.listen, err = args[0], checkListen(args[0])
 			case "lease":
 				if len(args) != 2 {
-					return nil, nil, c.ArgErr()
+					return nil, nil, src, c.ArgErr()
 				}
 				if cfg.minLease, err = duration(args[0]); err == nil {
 					cfg.maxLease, err = duration(args[1])
@@ -148,9 +186,11 @@ func parse(c *caddy.Controller) ([]string, *config, error) {
 				cfg.maxPerClient, err = count(args)
 			case "setup-rate":
 				if len(args) < 1 || len(args) > 2 {
-					return nil, nil, c.ArgErr()
+					return nil, nil, src, c.ArgErr()
 				}
-				cfg.setupRate, err = strconv.ParseFloat(args[0], 64)
+				if cfg.setupRate, err = strconv.ParseFloat(args[0], 64); err != nil {
+					err = fmt.Errorf("want a number of setups per second, such as 20 or 0.5, got %q", args[0])
+				}
 				if err == nil && cfg.setupRate < 0 {
 					err = fmt.Errorf("negative setup rate %s", args[0])
 				}
@@ -173,7 +213,7 @@ func parse(c *caddy.Controller) ([]string, *config, error) {
 				cfg.conns.perClient, err = count(args)
 			case "idle-timeout":
 				if len(args) != 1 {
-					return nil, nil, c.ArgErr()
+					return nil, nil, src, c.ArgErr()
 				}
 				cfg.conns.idle, err = duration(args[0])
 				if err == nil && cfg.conns.idle <= 0 {
@@ -188,10 +228,15 @@ func parse(c *caddy.Controller) ([]string, *config, error) {
 				}
 			case "client-prefix":
 				if len(args) < 1 || len(args) > 2 {
-					return nil, nil, c.ArgErr()
+					return nil, nil, src, c.ArgErr()
 				}
 				if cfg.clientBits.v6, err = prefixLen(args[0], 128); err == nil && len(args) == 2 {
 					cfg.clientBits.v4, err = prefixLen(args[1], 32)
+				}
+			case "resolve-parallel":
+				cfg.resolveWorkers, err = count(args)
+				if err == nil && cfg.resolveWorkers < 1 {
+					err = fmt.Errorf("must be at least 1")
 				}
 			case "handoff":
 				if len(args) != 1 || args[0] != "on" && args[0] != "off" {
@@ -200,7 +245,7 @@ func parse(c *caddy.Controller) ([]string, *config, error) {
 				cfg.handoff = len(args) == 1 && args[0] == "on"
 			case "retransmit":
 				if len(args) != 2 {
-					return nil, nil, c.ArgErr()
+					return nil, nil, src, c.ArgErr()
 				}
 				if cfg.retransmit, err = duration(args[0]); err == nil {
 					cfg.attempts, err = count(args[1:])
@@ -210,17 +255,17 @@ func parse(c *caddy.Controller) ([]string, *config, error) {
 				}
 			case "poll":
 				if len(args) != 1 {
-					return nil, nil, c.ArgErr()
+					return nil, nil, src, c.ArgErr()
 				}
 				cfg.poll, err = duration(args[0])
 			case "debounce":
 				if len(args) != 1 {
-					return nil, nil, c.ArgErr()
+					return nil, nil, src, c.ArgErr()
 				}
 				cfg.debounce, err = duration(args[0])
 			case "srv-target":
 				if len(args) != 1 {
-					return nil, nil, c.ArgErr()
+					return nil, nil, src, c.ArgErr()
 				}
 				if _, ok := dns.IsDomainName(args[0]); !ok {
 					err = fmt.Errorf("not a domain name: %q", args[0])
@@ -228,7 +273,7 @@ func parse(c *caddy.Controller) ([]string, *config, error) {
 				cfg.srvTarget = dns.Fqdn(args[0])
 			case "tls":
 				if len(args) < 2 || len(args) > 3 {
-					return nil, nil, c.ArgErr()
+					return nil, nil, src, c.ArgErr()
 				}
 				cfg.tlsCert, cfg.tlsKey = args[0], args[1]
 				if len(args) == 3 {
@@ -236,12 +281,12 @@ func parse(c *caddy.Controller) ([]string, *config, error) {
 				}
 			case "tls-listen":
 				if len(args) != 1 {
-					return nil, nil, c.ArgErr()
+					return nil, nil, src, c.ArgErr()
 				}
 				cfg.tlsListen = args[0]
 			case "push-keepalive":
 				if len(args) != 2 {
-					return nil, nil, c.ArgErr()
+					return nil, nil, src, c.ArgErr()
 				}
 				if cfg.pushInactivity, err = duration(args[0]); err == nil {
 					cfg.pushKeepalive, err = duration(args[1])
@@ -262,7 +307,7 @@ func parse(c *caddy.Controller) ([]string, *config, error) {
 				cfg.maxQueued, err = count(args)
 			case "tls-handshake-timeout":
 				if len(args) != 1 {
-					return nil, nil, c.ArgErr()
+					return nil, nil, src, c.ArgErr()
 				}
 				cfg.handshakeTimeout, err = duration(args[0])
 				if err == nil && cfg.handshakeTimeout <= 0 {
@@ -270,18 +315,21 @@ func parse(c *caddy.Controller) ([]string, *config, error) {
 				}
 			case "retry-delay":
 				if len(args) != 1 {
-					return nil, nil, c.ArgErr()
+					return nil, nil, src, c.ArgErr()
 				}
 				cfg.retryDelay, err = duration(args[0])
 			default:
-				return nil, nil, c.Errf("unknown property %q", prop)
+				return nil, nil, src, c.Errf("unknown property %q", prop)
 			}
 			if err != nil {
-				return nil, nil, c.Errf("%s: %v", prop, err)
+				return nil, nil, src, c.Errf("%s: %v", prop, err)
+			}
+			if prop != "listen" {
+				src.options = append(src.options, strings.Join(append([]string{prop}, args...), " "))
 			}
 		}
 	}
-	return zones, cfg, nil
+	return zones, cfg, src, nil
 }
 
 // duration reads a Go duration, or a bare number of seconds as in RFC 8764.
@@ -290,10 +338,13 @@ func duration(s string) (time.Duration, error) {
 		return time.Duration(n) * time.Second, nil
 	}
 	d, err := time.ParseDuration(s)
-	if err == nil && d < 0 {
-		err = fmt.Errorf("negative duration %s", s)
+	if err != nil {
+		return 0, fmt.Errorf("want a duration such as 500ms, 30s or 2h, or a number of seconds, got %q", s)
 	}
-	return d, err
+	if d < 0 {
+		return 0, fmt.Errorf("negative duration %s", s)
+	}
+	return d, nil
 }
 
 // prefixLen reads a prefix length of at most max bits.
@@ -312,8 +363,11 @@ func count(args []string) (int, error) {
 		return 0, fmt.Errorf("want one number, got %d arguments", len(args))
 	}
 	n, err := strconv.Atoi(args[0])
-	if err == nil && n < 0 {
-		err = fmt.Errorf("negative number %d", n)
+	if err != nil {
+		return 0, fmt.Errorf("want a whole number, 0 for no limit, got %q", args[0])
 	}
-	return n, err
+	if n < 0 {
+		return 0, fmt.Errorf("negative number %d", n)
+	}
+	return n, nil
 }

@@ -120,6 +120,9 @@ func TestParse(t *testing.T) {
 		{input: "llq {\n client-prefix\n}", err: "Wrong argument count"},
 		{input: "llq {\n client-prefix 64 32 1\n}", err: "Wrong argument count"},
 
+		{input: "llq {\n resolve-parallel 2\n}", check: func(c *config) bool { return c.resolveWorkers == 2 }},
+		{input: "llq {\n resolve-parallel 0\n}", err: "at least 1"},
+		{input: "llq {\n resolve-parallel\n}", err: "want one number"},
 		{input: "llq {\n handoff off\n}", check: func(c *config) bool { return !c.handoff }},
 		{input: "llq {\n handoff on\n}", check: func(c *config) bool { return c.handoff }},
 		{input: "llq {\n handoff\n}", err: "want on or off"},
@@ -180,7 +183,7 @@ func TestParse(t *testing.T) {
 	}
 	for i, tc := range tests {
 		c := caddy.NewTestController("dns", tc.input)
-		zones, cfg, err := parse(c)
+		zones, cfg, _, err := parse(c)
 		if tc.err != "" {
 			if err == nil {
 				t.Errorf("test %d %q: no error, want %q", i, tc.input, tc.err)
@@ -205,7 +208,7 @@ func TestParse(t *testing.T) {
 func TestParseZonesFromServerBlock(t *testing.T) {
 	c := caddy.NewTestController("dns", "llq")
 	c.ServerBlockKeys = []string{"example.org:1053", "Example.NET."}
-	zones, _, err := parse(c)
+	zones, _, _, err := parse(c)
 	if err != nil {
 		t.Fatal(err)
 	}

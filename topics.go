@@ -2,16 +2,15 @@ package llq
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/miekg/dns"
 )
 
-// topicKey identifies a question; all subscriptions to the same question,
-// whatever their transport, share one topic and therefore one
-// re-resolution per change.
-type topicKey struct {
+// questionKey identifies a question.
+type questionKey struct {
 	name   string // lower-cased, fully qualified
 	qtype  uint16
 	qclass uint16
@@ -21,8 +20,19 @@ type topicKey struct {
 	all bool
 }
 
-func keyOf(q dns.Question) topicKey {
-	return topicKey{name: strings.ToLower(dns.Fqdn(q.Name)), qtype: q.Qtype, qclass: q.Qclass}
+func keyOf(q dns.Question) questionKey {
+	return questionKey{name: strings.ToLower(dns.Fqdn(q.Name)), qtype: q.Qtype, qclass: q.Qclass}
+}
+
+// topicKey identifies everything an answer depends on: the question, the
+// server block that answers it (a view), and, where a plugin of the block
+// answers by client address, that address. All subscriptions with the
+// same key, whatever their transport, share one topic and therefore one
+// re-resolution per change.
+type topicKey struct {
+	questionKey
+	block  string     // see blockID; "" for a backend asked directly
+	client netip.Addr // only for blocks whose answers depend on the client
 }
 
 type topic struct {
@@ -37,8 +47,9 @@ type topic struct {
 	// resolving is set while the topic waits for or undergoes a
 	// re-resolution, again when a change came meanwhile; see changeQueue.
 	resolving, again bool
-	failures         int   // re-resolutions failed in a row
-	retry            timer // asks again after a failed re-resolution; see fire
+	targets          []string // CNAME targets in the answers, see noteTargets
+	failures         int      // re-resolutions failed in a row
+	retry            timer    // asks again after a failed re-resolution; see fire
 	e                *Engine
 }
 
@@ -73,6 +84,23 @@ func (t *topic) records() []dns.RR {
 func (t *topic) setAnswers(a answerSet) {
 	t.answers = a
 	t.sorted = nil
+	t.noteTargets()
+}
+
+// noteTargets lists the names t's answers depend on besides its own: the
+// targets of the CNAMEs the backend followed, maybe out of its zone, maybe
+// to another backend. A change to any of them is a change to t. Call with
+// e.mu held.
+func (t *topic) noteTargets() {
+	t.targets = t.targets[:0]
+	for _, rr := range t.answers {
+		if c, ok := rr.(*dns.CNAME); ok {
+			target := strings.ToLower(dns.Fqdn(c.Target))
+			if target != t.key.name && !slices.Contains(t.targets, target) {
+				t.targets = append(t.targets, target)
+			}
+		}
+	}
 }
 
 // add inserts s, owned by tr.

@@ -16,14 +16,22 @@ type zoneProbe struct {
 	trigger string
 	zones   func(yield func(origin string, z *file.Zone))
 
-	// A backend that is not a zone file (hosts, etcd) sets these instead.
-	// changed runs on every scan and returns the zones that changed since
-	// the last one; covers says which names the probe watches, so that the
+	// A backend that is not a zone file (hosts, etcd, kubernetes) sets
+	// these instead. changed runs on every scan and returns what changed
+	// since the last one (a change without a trigger is the probe's);
+	// covers says which names the probe watches, so that the
 	// poll leaves them alone; stop ends what the probe runs on its own
 	// (etcd's watch) when the probe is removed.
-	changed func() []string
+	changed func() []change
 	covers  func(name string) bool
 	stop    func()
+}
+
+// probedZone is a zone as one server block's plugin serves it: two blocks
+// (views) may serve the same zone from different data.
+type probedZone struct {
+	owner  *LLQ
+	origin string
 }
 
 // watchers runs the native triggers (zone probes) and the poll fallback for
@@ -32,7 +40,8 @@ type watchers struct {
 	e      *Engine
 	mu     sync.Mutex
 	probes []zoneProbe
-	seen   map[string]*tree.Tree // zone -> tree at the last scan
+	seen   map[probedZone]*tree.Tree // tree at the last scan
+
 	scan   *timer
 	poll   *timer
 	closed bool
@@ -44,7 +53,7 @@ type watchers struct {
 const scanInterval = 20 * time.Millisecond
 
 func newWatchers(e *Engine) *watchers {
-	w := &watchers{e: e, seen: make(map[string]*tree.Tree)}
+	w := &watchers{e: e, seen: make(map[probedZone]*tree.Tree)}
 	w.scan = newTimer(w.scanZones)
 	w.poll = newTimer(w.pollAll)
 	return w
@@ -112,7 +121,7 @@ func (w *watchers) covers(name string) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for z := range w.seen {
-		if subDomain(z, name) {
+		if subDomain(z.origin, name) {
 			return true
 		}
 	}
@@ -131,11 +140,14 @@ func (w *watchers) scanZones() {
 		w.mu.Unlock()
 		return
 	}
-	now := make(map[string]*tree.Tree, len(w.seen))
+	now := make(map[probedZone]*tree.Tree, len(w.seen))
 	for _, p := range w.probes {
 		if p.changed != nil {
-			for _, z := range p.changed() {
-				changed = append(changed, change{trigger: p.trigger, zone: z})
+			for _, ch := range p.changed() {
+				if ch.trigger == "" {
+					ch.trigger = p.trigger
+				}
+				changed = append(changed, ch)
 			}
 		}
 		if p.zones == nil {
@@ -145,15 +157,16 @@ func (w *watchers) scanZones() {
 			z.RLock()
 			t := z.Tree
 			z.RUnlock()
-			now[origin] = t
-			if old, ok := w.seen[origin]; !ok || old != t {
+			k := probedZone{p.owner, origin}
+			now[k] = t
+			if old, ok := w.seen[k]; !ok || old != t {
 				changed = append(changed, change{trigger: p.trigger, zone: origin})
 			}
 		})
 	}
-	for origin := range w.seen {
-		if _, ok := now[origin]; !ok { // an auto zone whose file went away
-			changed = append(changed, change{trigger: "auto", zone: origin})
+	for k := range w.seen {
+		if _, ok := now[k]; !ok { // an auto zone whose file went away
+			changed = append(changed, change{trigger: "auto", zone: k.origin})
 		}
 	}
 	w.seen = now
@@ -174,4 +187,14 @@ func (w *watchers) pollAll() {
 	}
 	w.e.changes.mark(change{trigger: "poll", zone: ".", uncovered: true})
 	w.armPoll()
+}
+
+// zoneChanges is a change of each of zones, for a probe that cannot tell
+// which of their names moved.
+func zoneChanges(zones []string) []change {
+	out := make([]change, len(zones))
+	for i, z := range zones {
+		out[i] = change{zone: z}
+	}
+	return out
 }

@@ -453,6 +453,7 @@ func TestKubernetes(t *testing.T) {
 	cp := startControlPlane(t)
 	t.Run("Events", func(t *testing.T) { testKubernetesEvents(t, cp) })
 	t.Run("Deployment", func(t *testing.T) { testKubernetesDeployment(t, cp) })
+	t.Run("Precise", func(t *testing.T) { testKubernetesPrecise(t, cp) })
 }
 
 // testKubernetesEvents: changes to a headless Service's endpoints reach LLQ

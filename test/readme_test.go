@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -112,32 +113,63 @@ func checkCorefile(t *testing.T, name, body string, start bool) error {
 func TestReadmeCorefiles(t *testing.T) {
 	caddy.Quiet = true
 	dnsserver.Quiet = true
-	readme, err := filepath.Abs(filepath.Join("..", "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	snippets, err := corefileSnippets(readme)
-	if os.IsNotExist(err) {
-		t.Skip("no README.md yet")
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(snippets) == 0 {
-		t.Skip("README.md has no corefile block with an llq directive yet")
-	}
 	// The snippets name files relative to the repository root, as the
 	// README's quick start runs from there.
 	t.Chdir("..")
-	for _, sn := range snippets {
-		if err := checkCorefile(t, fmt.Sprintf("README.md:%d", sn.line), sn.body, true); err != nil {
-			t.Error(err)
+	pages, _ := filepath.Glob(filepath.Join("docs", "*.md"))
+	checked := 0
+	for _, page := range append([]string{"README.md"}, pages...) {
+		snippets, err := corefileSnippets(page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, sn := range snippets {
+			checked++
+			if err := checkCorefile(t, fmt.Sprintf("%s:%d", page, sn.line), sn.body, true); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	if checked == 0 {
+		t.Error("README.md and docs/ have no corefile block with an llq directive")
+	}
+}
+
+// TestReadmeLinks: every relative link of README.md and docs/ leads to a
+// file that exists, and README.md links every page of docs/.
+func TestReadmeLinks(t *testing.T) {
+	t.Chdir("..")
+	pages, _ := filepath.Glob(filepath.Join("docs", "*.md"))
+	link := regexp.MustCompile(`\]\(([^)#\s]+)(#[^)]*)?\)`)
+	linked := make(map[string]bool)
+	for _, page := range append([]string{"README.md"}, pages...) {
+		b, err := os.ReadFile(page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range link.FindAllStringSubmatch(string(b), -1) {
+			target := m[1]
+			if strings.Contains(target, "://") || strings.HasPrefix(target, "mailto:") {
+				continue
+			}
+			path := filepath.Clean(filepath.Join(filepath.Dir(page), target))
+			if _, err := os.Stat(path); err != nil {
+				t.Errorf("%s links %s, which does not exist", page, target)
+			}
+			if page == "README.md" {
+				linked[path] = true
+			}
+		}
+	}
+	for _, p := range pages {
+		if !linked[p] {
+			t.Errorf("README.md does not link %s", p)
 		}
 	}
 }
 
 // TestReadmeSections: the README has the sections CoreDNS's plugin.md asks
-// of a plugin README, in order.
+// of a plugin README, in order, and before any other section.
 func TestReadmeSections(t *testing.T) {
 	f, err := os.Open(filepath.Join("..", "README.md"))
 	if os.IsNotExist(err) {
@@ -147,7 +179,9 @@ func TestReadmeSections(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	want := []string{"## Name", "## Description", "## Syntax", "## Examples"}
+	// The man page's sections come first: the README opens with them, and
+	// everything else follows or lives under docs/.
+	want := []string{"## Name", "## Description", "## Syntax", "## Examples", "## Metrics"}
 	next := 0
 	s := bufio.NewScanner(f)
 	for s.Scan() {
@@ -157,6 +191,8 @@ func TestReadmeSections(t *testing.T) {
 		}
 		if next < len(want) && strings.HasPrefix(line, want[next]) {
 			next++
+		} else if next < len(want) && strings.HasPrefix(line, "## ") {
+			t.Errorf("README.md: %q comes before %q", line, want[next])
 		}
 	}
 	if next < len(want) {

@@ -29,8 +29,8 @@ const benchHelp = `usage: llq bench @SERVER[:PORT] [flags]
 
 Drives many LLQ clients against SERVER: full four-way setups, event acks,
 refreshes and terminations, with optional packet loss in both directions.
-LLQ i asks for the name -name formats with i %% -names, from client
-endpoint (address and port) i %% -sockets; endpoints are spread over -addrs
+LLQ i asks for the name -name formats with i % -names, from client
+endpoint (address and port) i % -sockets; endpoints are spread over -addrs
 loopback source addresses 127.1.x.y so that per-address limits are not what
 is measured. With the server on loopback IPv4, endpoints of different
 addresses share one OS socket bound to 0.0.0.0:PORT, which picks each
@@ -85,13 +85,12 @@ type benchArgs struct {
 }
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	b, err := parseBench(args, stderr)
+	b, err := parseBench(args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "llq bench: %v\n", err)
-		return exitUsage
+		return usageError(stderr, "bench", err)
 	}
 	if err := b.run(ctx, stdout); err != nil {
 		fmt.Fprintf(stderr, "llq bench: %v\n", err)
@@ -100,11 +99,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	return exitOK
 }
 
-func parseBench(args []string, stderr io.Writer) (*benchArgs, error) {
+// parseBench reads bench's arguments; asked for help, it writes it to help
+// and returns flag.ErrHelp.
+func parseBench(args []string, help io.Writer) (*benchArgs, error) {
 	b := &benchArgs{}
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprintf(stderr, benchHelp); fs.PrintDefaults() }
+	fs := newFlags("bench")
 	fs.IntVar(&b.llqs, "llqs", 1000, "LLQs to set up")
 	fs.IntVar(&b.sockets, "sockets", 100, "client endpoints (address and port), each seen by the server as a client of its own")
 	fs.IntVar(&b.addrs, "addrs", 50, "loopback source addresses (127.1.x.y) to spread the endpoints over")
@@ -128,11 +127,13 @@ func parseBench(args []string, stderr io.Writer) (*benchArgs, error) {
 	fs.BoolVar(&b.baseline, "baseline", false, "after the hold, time a bare Go UDP sender sending one packet to every endpoint, in rounds (see above)")
 	fs.IntVar(&b.roundCount, "rounds", 5, "rounds of -baseline")
 	pos, err := parseInterspersed(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		printHelp(help, fs, benchHelp)
+	}
 	if err != nil {
 		return nil, err
 	}
 	if len(pos) != 1 || !strings.HasPrefix(pos[0], "@") {
-		fs.Usage()
 		return nil, errors.New("want exactly one @SERVER[:PORT]")
 	}
 	server, err := parseServer(context.Background(), pos[0][1:], wire.DefaultPort)

@@ -62,6 +62,17 @@ func explain(err error, server string) string {
 	return msg
 }
 
+// explainLost says why a running LLQ was lost, for a line that goes on to
+// say it is being set up again: what happened, not what to do about it.
+func explainLost(err error, server string) string {
+	var e *client.Error
+	if errors.As(err, &e) && e.Code == wire.NoSuchLLQ {
+		msg := strings.ReplaceAll(err.Error(), "llq: ", "")
+		return fmt.Sprintf("%s: %s: the server no longer knows the LLQ (it restarted, or this is another replica)", server, msg)
+	}
+	return explain(err, server)
+}
+
 func hint(e *client.Error) string {
 	switch e.Code {
 	case wire.ServFull:

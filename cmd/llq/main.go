@@ -68,6 +68,34 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "\nRun 'llq COMMAND -h' for a command's flags.")
 }
 
+// newFlags returns a subcommand's flag set, which prints nothing itself:
+// the subcommand prints its help on stdout when asked for it (-h) and
+// reports a usage error on stderr with exit status 2 (usageError).
+func newFlags(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	return fs
+}
+
+// printHelp writes a subcommand's help: text, its flags, then the notes.
+func printHelp(w io.Writer, fs *flag.FlagSet, text string, notes ...string) {
+	fmt.Fprint(w, text)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+	for _, n := range notes {
+		fmt.Fprintf(w, "\n%s\n", n)
+	}
+}
+
+// usageError reports a usage error of subcommand name and returns the exit
+// status for it.
+func usageError(stderr io.Writer, name string, err error) int {
+	fmt.Fprintf(stderr, "llq %s: %v\nRun 'llq %s -h' for its usage.\n", name, err, name)
+	return exitUsage
+}
+
 // parseInterspersed parses flags wherever they stand among the arguments
 // and returns the positional ones: the flag package stops at the first
 // argument, but LLQ users write flags after the name, as dig users do.

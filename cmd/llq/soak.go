@@ -30,13 +30,12 @@ Flags:
 `
 
 func runSoak(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	cfg, metrics, err := parseSoak(args, stderr)
+	cfg, metrics, err := parseSoak(args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "llq soak: %v\n", err)
-		return exitUsage
+		return usageError(stderr, "soak", err)
 	}
 	cfg.Progress = stdout
 	if metrics != "" {
@@ -65,12 +64,12 @@ func runSoak(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-func parseSoak(args []string, stderr io.Writer) (soak.Config, string, error) {
+// parseSoak reads soak's arguments; asked for help, it writes it to help
+// and returns flag.ErrHelp.
+func parseSoak(args []string, help io.Writer) (soak.Config, string, error) {
 	var cfg soak.Config
 	var metrics string
-	fs := flag.NewFlagSet("soak", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, soakHelp); fs.PrintDefaults() }
+	fs := newFlags("soak")
 	fs.StringVar(&cfg.DNS, "dns", "", "ordinary DNS address of the server (the truth)")
 	fs.StringVar(&cfg.Zone, "zone", "", "zone file the soak owns and rewrites")
 	fs.StringVar(&cfg.Origin, "origin", "example.org.", "origin of the zone")
@@ -87,11 +86,13 @@ func parseSoak(args []string, stderr io.Writer) (soak.Config, string, error) {
 	fs.DurationVar(&cfg.Settle, "settle", time.Minute, "time allowed for views to converge after the last change")
 	fs.StringVar(&metrics, "metrics", "", "the server's Prometheus endpoint, e.g. http://127.0.0.1:9153/metrics")
 	pos, err := parseInterspersed(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		printHelp(help, fs, soakHelp)
+	}
 	if err != nil {
 		return cfg, "", err
 	}
 	if len(pos) != 1 || !strings.HasPrefix(pos[0], "@") || cfg.DNS == "" || cfg.Zone == "" {
-		fs.Usage()
 		return cfg, "", errors.New("want @SERVER[:PORT], -dns and -zone")
 	}
 	server, err := parseServer(context.Background(), pos[0][1:], wire.DefaultPort)

@@ -49,26 +49,21 @@ type watchArgs struct {
 }
 
 func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	w, err := parseWatch(args, stderr)
+	w, err := parseWatch(args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "llq watch: %v\n", err)
-		return exitUsage
+		return usageError(stderr, "watch", err)
 	}
 	return w.run(ctx, stdout, stderr)
 }
 
-func parseWatch(args []string, stderr io.Writer) (*watchArgs, error) {
+// parseWatch reads watch's arguments; asked for help, it writes it to help
+// and returns flag.ErrHelp.
+func parseWatch(args []string, help io.Writer) (*watchArgs, error) {
 	w := &watchArgs{}
-	fs := flag.NewFlagSet("watch", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, watchHelp, wire.DefaultPort, client.DefaultPushPort)
-		fs.PrintDefaults()
-		fmt.Fprintf(stderr, "\n%s\n", exitCodesHelp)
-	}
+	fs := newFlags("watch")
 	fs.DurationVar(&w.opts.Lease, "lease", client.DefaultLease, "lease to request; the server may grant less")
 	fs.StringVar(&w.resolver, "resolver", "", "DNS `resolver` for discovery, host[:port] (default: first nameserver in /etc/resolv.conf, port 53)")
 	fs.DurationVar(&w.timeout, "timeout", time.Minute, "limit on discovery plus LLQ setup (0: only the RFC retransmission limits)")
@@ -80,6 +75,9 @@ func parseWatch(args []string, stderr io.Writer) (*watchArgs, error) {
 	fs.StringVar(&w.push.ServerName, "tls-name", "", "`name` the DNS Push server's certificate must carry (default: the SRV target, or @SERVER)")
 
 	pos, err := parseInterspersed(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		printHelp(help, fs, fmt.Sprintf(watchHelp, wire.DefaultPort, client.DefaultPushPort), exitCodesHelp)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -107,11 +105,11 @@ func parseWatch(args []string, stderr io.Writer) (*watchArgs, error) {
 		case typ == "":
 			typ = a
 		default:
-			return nil, fmt.Errorf("unexpected argument %q (see llq watch -h)", a)
+			return nil, fmt.Errorf("unexpected argument %q", a)
 		}
 	}
 	if name == "" {
-		return nil, errors.New("missing NAME (see llq watch -h)")
+		return nil, errors.New("missing NAME")
 	}
 	if _, ok := dns.IsDomainName(name); !ok {
 		return nil, fmt.Errorf("%q is not a domain name", name)
@@ -191,7 +189,7 @@ func (w *watchArgs) run(ctx context.Context, stdout, stderr io.Writer) int {
 				lost := sub.Err()
 				before := sub.Answers()
 				c.Close()
-				fmt.Fprintf(stderr, "llq watch: %s; setting the LLQ up again\n", explain(lost, where))
+				fmt.Fprintf(stderr, "llq watch: %s; setting the LLQ up again\n", explainLost(lost, where))
 				if c, sub, server, err = w.resubscribe(ctx, stderr); err != nil {
 					if ctx.Err() != nil {
 						return exitOK

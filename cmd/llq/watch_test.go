@@ -256,6 +256,11 @@ func TestWatchLost(t *testing.T) {
 	if !strings.Contains(stderr.String(), "NO-SUCH-LLQ to REFRESH") || !strings.Contains(stderr.String(), "setting the LLQ up again") {
 		t.Errorf("stderr:\n%s", stderr)
 	}
+	// One thing to say: the watch sets the LLQ up again itself, so nothing
+	// tells the user to.
+	if strings.Contains(stderr.String(), "watch again") {
+		t.Errorf("the recovery message also tells the user to watch again:\n%s", stderr)
+	}
 	cancel()
 	term := p.recv()
 	p.reply(term, wire.OpRefresh, 0, 6, 0)
