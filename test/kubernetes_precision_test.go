@@ -27,9 +27,10 @@ import (
 // precisionCorefile serves cluster.local and its reverse zone from the
 // kubernetes plugin, with the poll off so that every re-resolution is the
 // kubernetes trigger's, and no per-client limits in the way of many LLQs.
-func precisionCorefile(llqPort uint16, kubeconfig string) string {
-	return fmt.Sprintf(`cluster.local:0 in-addr.arpa:0 {
+func precisionCorefile(dnsPort, llqPort uint16, kubeconfig, extra string) string {
+	return fmt.Sprintf(`cluster.local:%d in-addr.arpa:%d {
     bind 127.0.0.1
+    %s
     llq {
         listen 127.0.0.1:%d
         poll 0
@@ -40,7 +41,7 @@ func precisionCorefile(llqPort uint16, kubeconfig string) string {
         kubeconfig %s %s
     }
 }
-`, llqPort, kubeconfig, kubeContext)
+`, dnsPort, dnsPort, extra, llqPort, kubeconfig, kubeContext)
 }
 
 // precisionService is service i of a namespace: headless, port http/TCP,
@@ -137,15 +138,24 @@ func testKubernetesPrecise(t *testing.T, cp *controlPlane) {
 		svcs[i].create(t, cp, svcs[i].eps...)
 		qs = append(qs, svcs[i].questions()...)
 	}
-	llqPort := freePort(t)
-	startCoreDNS(t, precisionCorefile(llqPort, cp.kubeconfig))
-	c := dial(t, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), llqPort), client.Options{})
+	// CoreDNS runs in a process of its own: its kubernetes plugin sets
+	// klog's global logger at setup, while the informers of an in-process
+	// CoreDNS that an earlier subtest stopped may still be logging, a race
+	// between CoreDNS instances, not llq's.
+	p := startCoreDNSProcess(t, "precise", func(ports corednsPorts) string {
+		return precisionCorefile(ports.dns, ports.llq, cp.kubeconfig, fmt.Sprintf("prometheus 127.0.0.1:%d", ports.metrics))
+	})
+	c := dial(t, p.llq, client.Options{})
 	subs := subscribeAll(t, c, qs)
 	s0 := svcs[0]
 	a := subs[question(s0.fqdn(), dns.TypeA)]
 	converge(t, a, aRecords(t, s0.fqdn(), s0.eps[0].ip, s0.eps[1].ip))
 
-	resolved := counter(t, "resolutions_total", "trigger", "kubernetes")
+	start := p.metric("resolutions_total", "trigger", "kubernetes")
+	if start < 0 {
+		t.Fatal("no metrics from the CoreDNS process")
+	}
+	resolved := func() float64 { return p.metric("resolutions_total", "trigger", "kubernetes") - start }
 	// Nobody asks about svc9, in the same namespace and informers.
 	idle := newPrecisionService(ns, 9)
 	idle.create(t, cp, idle.eps...)
@@ -231,7 +241,7 @@ func TestKubernetesTriggerPrecision(t *testing.T) {
 	t.Logf("%d Services and EndpointSlices created in %v", nSvc, time.Since(start).Round(time.Millisecond))
 
 	llqPort := freePort(t)
-	startCoreDNS(t, precisionCorefile(llqPort, cp.kubeconfig))
+	startCoreDNS(t, precisionCorefile(0, llqPort, cp.kubeconfig, ""))
 	c := dial(t, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), llqPort), client.Options{})
 	start = time.Now()
 	subs := subscribeAll(t, c, qs)
