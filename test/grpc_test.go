@@ -530,3 +530,20 @@ func TestGRPCResolverReportsErrors(t *testing.T) {
 	})
 	t.Logf("call failed with: %v", last)
 }
+
+// TestGRPCResolverDNSPush: the zone advertises a DNS Push server (TLS,
+// with a CA made in the test); the resolver subscribes there, and with
+// polling an hour apart every change reaches gRPC by PUSH. Skipped while
+// llq has no TLS listener (see pushClientServer).
+func TestGRPCResolverDNSPush(t *testing.T) {
+	s, _, _, pool := pushClientServer(t)
+	port, bs := startBackends(t, 3)
+	b := grpcresolver.NewBuilder(grpcresolver.Options{
+		Scheme:       "llqpush",
+		Proto:        client.ProtoPush,
+		Push:         pushTLS(pool),
+		PollInterval: time.Hour,
+	})
+	f := runScenario(t, fmt.Sprintf("llqpush://%s/svc.example.org:%d", s.dns, port), fileZone(s), bs, grpc.WithResolvers(b))
+	logFigures(t, "DNS Push, file zone", f)
+}

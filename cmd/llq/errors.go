@@ -18,12 +18,15 @@ const (
 	exitUsage   = 2  // bad arguments
 	exitNoReply = 3  // no reply after RFC 8764's retransmissions
 	exitLLQ     = 10 // + the LLQ error code: 11 SERV-FULL ... 16 UNKNOWN-ERR
+	// exitInterrupted is a second interrupt's: 128 + SIGINT, as shells report it.
+	exitInterrupted = 130
 )
 
 const exitCodesHelp = `Exit status: 0 after a clean stop (SIGINT/SIGTERM), 1 other failures, 2 usage,
 3 no reply from the server, 10+LLQ error code for a refusal: 11 SERV-FULL, 12 STATIC,
 13 FORMAT-ERR (or rcode FORMERR), 14 NO-SUCH-LLQ, 15 BAD-VERS (or rcode BADVERS),
-16 UNKNOWN-ERR (or any other rcode).`
+16 UNKNOWN-ERR (or any other rcode), 130 a second SIGINT/SIGTERM before the clean
+stop finished (it exits at once).`
 
 func exitCode(err error) int {
 	var e *client.Error

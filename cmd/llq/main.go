@@ -31,11 +31,19 @@ var commands = []command{
 }
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	// The first signal asks for a clean exit, which terminates the LLQs and
-	// may take the whole retransmission schedule; restoring the default
-	// handling lets a second signal kill the process at once.
-	context.AfterFunc(ctx, stop)
+	// may take the whole retransmission schedule; a second one exits at
+	// once. Both are read here, so that the second cannot slip in before
+	// the first has been acted on.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		<-sigs
+		cancel()
+		<-sigs
+		os.Exit(exitInterrupted)
+	}()
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
