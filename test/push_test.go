@@ -211,8 +211,10 @@ func TestDNSPush(t *testing.T) {
 		t.Fatalf("new certificate: %v", err)
 	}
 
-	// Shutdown: Retry Delay NOERROR, then the server closes.
-	go s.stop()
+	// Shutdown: Retry Delay NOERROR, then the server closes. The test
+	// waits for the stop to finish, so that its cleanup's stop sees it.
+	stopped := make(chan struct{})
+	go func() { s.stop(); close(stopped) }()
 	for {
 		m, err := c.read()
 		if err != nil {
@@ -226,6 +228,7 @@ func TestDNSPush(t *testing.T) {
 		}
 	}
 	c.conn.Close()
+	<-stopped
 }
 
 // A reload that stops serving a zone ends its sessions with a Retry Delay
