@@ -36,6 +36,8 @@ type config struct {
 	handshakeTimeout       time.Duration
 	maxQueued              int           // bytes waiting to be written to one session
 	retryDelay             time.Duration // Retry Delay on overload, reconfiguration and shutdown
+	statePath              string        // file the LLQ table survives restarts in; "" = none (see state.go)
+	stateEvery             time.Duration // how often the table is written there when it changed
 }
 
 func defaultConfig() *config {
@@ -71,6 +73,7 @@ func defaultConfig() *config {
 		// second is a short wait for a client that reads it right, and no
 		// longer than its own poll interval for one that does not.
 		retryDelay: time.Second,
+		stateEvery: 5 * time.Second,
 	}
 }
 

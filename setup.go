@@ -318,6 +318,17 @@ func parse(c *caddy.Controller) ([]string, *config, source, error) {
 					return nil, nil, src, c.ArgErr()
 				}
 				cfg.retryDelay, err = duration(args[0])
+			case "state":
+				if len(args) < 1 || len(args) > 2 {
+					return nil, nil, src, c.ArgErr()
+				}
+				cfg.statePath = args[0]
+				if len(args) == 2 {
+					cfg.stateEvery, err = duration(args[1])
+					if err == nil && cfg.stateEvery <= 0 {
+						err = fmt.Errorf("INTERVAL must be positive")
+					}
+				}
 			default:
 				return nil, nil, src, c.Errf("unknown property %q", prop)
 			}

@@ -156,6 +156,16 @@ func TestParse(t *testing.T) {
 		{input: "llq {\n tls-handshake-timeout\n}", err: "Wrong argument count"},
 		{input: "llq {\n retry-delay 250ms\n}", check: func(c *config) bool { return c.retryDelay == 250*time.Millisecond }},
 		{input: "llq {\n retry-delay -1s\n}", err: "negative"},
+		{input: "llq {\n state /var/lib/llq/state\n}", check: func(c *config) bool {
+			return c.statePath == "/var/lib/llq/state" && c.stateEvery == def.stateEvery
+		}},
+		{input: "llq {\n state llq.state 30s\n}", check: func(c *config) bool { return c.statePath == "llq.state" && c.stateEvery == 30*time.Second }},
+		{input: "llq {\n state llq.state 2\n}", check: func(c *config) bool { return c.stateEvery == 2*time.Second }},
+		{input: "llq {\n state llq.state 0\n}", err: "INTERVAL must be positive"},
+		{input: "llq {\n state llq.state -1s\n}", err: "negative"},
+		{input: "llq {\n state llq.state often\n}", err: "state"},
+		{input: "llq {\n state\n}", err: "Wrong argument count"},
+		{input: "llq {\n state a 1s b\n}", err: "Wrong argument count"},
 
 		// Everything at once.
 		{input: `llq example.org {
