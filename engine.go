@@ -84,6 +84,7 @@ func (e *Engine) close() {
 	e.llq.ln.close()
 	e.sched.close()
 	e.changes.close()
+	e.llq.closeState() // a clean shutdown writes the table
 	e.mu.Lock()
 	e.llq.forget()
 	topics := len(e.topics)
@@ -106,6 +107,7 @@ func (e *Engine) reconfigure(cfg *config) {
 	e.mu.Unlock()
 	publishLimits(cfg)
 	e.watch.armPoll()
+	e.llq.reconfigureState(cfg)
 	p := e.pushTransport()
 	switch {
 	case p != nil && cfg.tlsCert == "":
@@ -145,7 +147,13 @@ func (e *Engine) Addr() net.Addr { return e.llq.ln.udp.LocalAddr() }
 func (e *Engine) register(b *backend) {
 	e.mu.Lock()
 	e.backends = append(e.backends, b)
+	// LLQs restored from the state file wait in provisional topics: admit
+	// them as a setup would be, now that their backend is here.
+	waiting := e.llq.takeRestored(b)
 	e.mu.Unlock()
+	if len(waiting) > 0 {
+		go e.llq.readmit(waiting)
+	}
 }
 
 func (e *Engine) unregister(owner *LLQ) {

@@ -21,22 +21,37 @@ type llqTransport struct {
 	chal      *challenger
 	limiter   *setupLimiter
 	ln        *listener
+	state     *stateKeeper // keeps the table in the state file; nil without one
+	gen       uint64       // counts changes to the table, so that an idle one is not written again
+	restored  []*llqSub    // restored LLQs not yet readmitted (see llq_state.go)
 }
 
 func newLLQTransport(e *Engine, addr string) (*llqTransport, error) {
 	l := &llqTransport{e: e, chal: newChallenger(), limiter: newSetupLimiter(), bits: e.config().clientBits}
 	l.reset()
-	ln, err := listen(addr, l)
+	// The state file's LLQs are in the table before the listener serves.
+	now := time.Now()
+	restated, err := l.openState(e.config(), now)
 	if err != nil {
 		return nil, err
 	}
+	ln, err := listen(addr, l)
+	if err != nil {
+		l.closeState()
+		e.mu.Lock()
+		l.forget()
+		e.mu.Unlock()
+		return nil, err
+	}
 	l.ln = ln
+	l.restateRestored(restated, now)
 	return l, nil
 }
 
 func (l *llqTransport) reset() {
 	l.subs = make(map[uint64]*llqSub)
 	l.perClient = make(map[netip.Prefix]int)
+	l.restored = nil
 }
 
 // rekey recounts the LLQs per client when a reload changes what a client
@@ -210,6 +225,7 @@ func (l *llqTransport) establish(id uint64, q dns.Question, client netip.AddrPor
 	l.subs[id] = s
 	l.perClient[l.bits.key(client.Addr())]++
 	l.grant(s, lease, now)
+	l.gen++
 	liveLLQs.Inc()
 	setups.WithLabelValues("established").Inc()
 	return answers, lease, nil
@@ -251,6 +267,7 @@ func (l *llqTransport) refresh(id uint64, q dns.Question, client netip.AddrPort,
 	}
 	granted := e.config().clampLease(lease)
 	l.grant(s, granted, now)
+	l.gen++
 	refreshes.Inc()
 	return granted, nil
 }
@@ -282,6 +299,7 @@ func (l *llqTransport) drop(s *llqSub) {
 	}
 	if l.e.leave(s, l) {
 		delete(l.subs, s.id)
+		l.gen++
 		l.uncount(s.client.Addr())
 		s.pending = nil
 		s.held = nil
@@ -303,6 +321,7 @@ func (l *llqTransport) expire(s *llqSub) {
 // changed implements transport: it queues events for the LLQs of t and
 // sends them once the engine lock is released.
 func (l *llqTransport) changed(t *topic, added, removed []string, old answerSet, now time.Time) func() {
+	l.gen++
 	ds := l.publish(t, added, removed, old, now)
 	if len(ds) == 0 {
 		return nil

@@ -3,6 +3,7 @@ package llq
 import (
 	"fmt"
 	"math"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -77,6 +78,11 @@ func setup(c *caddy.Controller) error {
 	ls, _ := c.Get(instanceKey{}).([]*LLQ)
 	c.Set(instanceKey{}, append(ls, l))
 	keys := append([]string(nil), c.ServerBlockKeys...)
+	// A relative state file is under the root directive's directory, as a
+	// zone file is.
+	if cfg.statePath != "" && !filepath.IsAbs(cfg.statePath) && conf.Root != "" {
+		cfg.statePath = filepath.Join(conf.Root, cfg.statePath)
+	}
 
 	c.OnStartup(func() error {
 		if err := checkBackend(conf, l, where); err != nil {

@@ -14,7 +14,7 @@ import (
 )
 
 // The state file keeps the LLQ table across a restart or a crash (the
-// `state` option). Its layout, version 1:
+// `state` option). Its layout, version 2:
 //
 //	magic "LLQSTATE", version uint16
 //	saved      uvarint, Unix milliseconds when the snapshot was taken
@@ -28,6 +28,7 @@ import (
 //	    port     2 bytes: where its events go
 //	    lease    uvarint seconds left at saved
 //	    udp size 2 bytes
+//	    proven   1 byte: 1 when its event port had proven it wants events
 //	    unsettled uvarint length + a packed DNS message whose answers are the
 //	             records of its unacknowledged events (0: none)
 //	mac        HMAC-SHA256 of everything before it, with the key file's key
@@ -38,7 +39,7 @@ import (
 // nothing is believed before it checks out.
 const (
 	stateMagic   = "LLQSTATE"
-	stateVersion = 1
+	stateVersion = 2
 	stateMACLen  = sha256.Size
 	// stateMaxSize bounds what a load reads into memory before the MAC can
 	// vouch for it. 100,000 LLQs take about 2 MB.
@@ -65,6 +66,7 @@ type savedLLQ struct {
 	client    netip.AddrPort // where its events go
 	remaining uint32         // seconds of lease left at snapshot.saved
 	udpSize   uint16
+	proven    bool // its event port had shown it wants events (see llqSub.proven)
 	// unsettled holds the records of events the client has not yet
 	// acknowledged: it may or may not know their truth, so a restore states
 	// it again.
@@ -107,6 +109,11 @@ func encodeState(snap *snapshot, key []byte) ([]byte, error) {
 			b = binary.BigEndian.AppendUint16(b, l.client.Port())
 			b = binary.AppendUvarint(b, uint64(l.remaining))
 			b = binary.BigEndian.AppendUint16(b, l.udpSize)
+			if l.proven {
+				b = append(b, 1)
+			} else {
+				b = append(b, 0)
+			}
 			if len(l.unsettled) == 0 {
 				b = append(b, 0)
 				continue
@@ -325,6 +332,10 @@ func (r *stateReader) llq() savedLLQ {
 	if b := r.take(2); b != nil {
 		l.udpSize = binary.BigEndian.Uint16(b)
 	}
+	var proven byte
+	if b := r.take(1); b != nil {
+		proven = b[0]
+	}
 	m := r.msg()
 	if r.err != nil {
 		return l
@@ -338,11 +349,14 @@ func (r *stateReader) llq() savedLLQ {
 		r.fail("LLQ %x: lease out of range", l.id)
 	case l.udpSize < dns.MinMsgSize:
 		r.fail("LLQ %x: UDP size %d below %d", l.id, l.udpSize, dns.MinMsgSize)
+	case proven > 1:
+		r.fail("LLQ %x: bad proven flag %d", l.id, proven)
 	case m != nil && (len(m.Question) != 0 || len(m.Answer) == 0 || !plainAnswers(m.Answer)):
 		r.fail("LLQ %x: bad unsettled records", l.id)
 	}
 	l.client = netip.AddrPortFrom(addr, port)
 	l.remaining = uint32(lease)
+	l.proven = proven == 1
 	if m != nil {
 		l.unsettled = m.Answer
 	}

@@ -34,6 +34,7 @@ func testSnapshot(t testing.TB, names, perTopic int) *snapshot {
 				client:    netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 1, byte(j >> 8), byte(j)}), uint16(40000+i)),
 				remaining: 7200,
 				udpSize:   1232,
+				proven:    i%2 == 0,
 			}
 			if j%10 == 3 {
 				l.unsettled = []dns.RR{mustRR(t, name+" 300 IN A 192.0.2.9")}
@@ -81,7 +82,7 @@ func sameSnapshot(t *testing.T, want, got *snapshot) {
 		}
 		for j, wl := range w.llqs {
 			gl := g.llqs[j]
-			if gl.id != wl.id || gl.client != wl.client || gl.remaining != wl.remaining || gl.udpSize != wl.udpSize || !equalRRs(gl.unsettled, wl.unsettled) {
+			if gl.id != wl.id || gl.client != wl.client || gl.remaining != wl.remaining || gl.udpSize != wl.udpSize || gl.proven != wl.proven || !equalRRs(gl.unsettled, wl.unsettled) {
 				t.Fatalf("topic %d LLQ %d: got %+v, want %+v", i, j, gl, wl)
 			}
 		}
@@ -124,7 +125,7 @@ func TestStateDamage(t *testing.T) {
 	}
 	other := bytes.Clone(good)
 	other[len(stateMagic)+1] = stateVersion + 1
-	if _, err := decodeState(other, testStateKey); err == nil || !bytes.Contains([]byte(err.Error()), []byte("version 2")) {
+	if _, err := decodeState(other, testStateKey); err == nil || !bytes.Contains([]byte(err.Error()), []byte("version 3")) {
 		t.Fatalf("foreign version: %v", err)
 	}
 	refuse("another key", good, bytes.Repeat([]byte{8}, stateKeyLen))

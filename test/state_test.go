@@ -1,0 +1,387 @@
+package test
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/llqdns/llq/wire"
+	"github.com/miekg/dns"
+)
+
+// TestStateRestart: a CoreDNS process keeps its LLQs in a state file. With
+// many LLQs held, the process is crashed (SIGKILL) or stopped (SIGTERM), every
+// name's address changes while it is down, and it starts again: every LLQ
+// refreshes without NO-SUCH-LLQ and every subscriber is told the change.
+// With a damaged file the restarted server behaves as it does without the
+// option: it runs, and every refresh gets NO-SUCH-LLQ.
+//
+// LLQ_STATE_LLQS sets the number of LLQs (default 10,000), for BENCHMARKS.md.
+func TestStateRestart(t *testing.T) {
+	llqs := 10000
+	if s := os.Getenv("LLQ_STATE_LLQS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 100 || n%100 != 0 {
+			t.Fatalf("LLQ_STATE_LLQS=%q: want a multiple of 100", s)
+		}
+		llqs = n
+	}
+	for _, tc := range []struct {
+		name    string
+		llqs    int
+		every   string // the state option's INTERVAL
+		stop    func(p *corednsProcess)
+		damage  bool
+		restore bool
+	}{
+		{name: "kill", llqs: llqs, every: "1s", stop: func(p *corednsProcess) { p.kill(p.t) }, restore: true},
+		{name: "term", llqs: llqs, every: "1h", stop: func(p *corednsProcess) {
+			if err := p.stop(); err != nil {
+				p.t.Fatalf("SIGTERM: %v", err)
+			}
+		}, restore: true},
+		{name: "damaged", llqs: 1000, every: "1s", stop: func(p *corednsProcess) { p.kill(p.t) }, damage: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			names := tc.llqs / stateSockets
+			zone := filepath.Join(dir, "db.example.org")
+			writeStateZone(t, zone, names, 1, "192.0.2.1")
+			statePath := filepath.Join(dir, "llq.state")
+			corefile := func(p corednsPorts) string {
+				return fmt.Sprintf(`example.org:%d {
+    bind 127.0.0.1
+    prometheus 127.0.0.1:%d
+    llq {
+        listen 127.0.0.1:%d
+        state %s %s
+        max-llqs 0
+        max-llqs-per-client 0
+        setup-rate 0
+    }
+    file %s
+}
+`, p.dns, p.metrics, p.llq, statePath, tc.every, zone)
+			}
+			p := startCoreDNSProcess(t, "first", corefile)
+			f := newStateFleet(t, p.llq, names)
+			start := time.Now()
+			f.setupAll(t)
+			t.Logf("%d LLQs set up in %s", tc.llqs, time.Since(start).Round(time.Millisecond))
+			if tc.every != "1h" {
+				// Two writes counted after the last setup: the second began
+				// after it, so the file holds every LLQ.
+				base := p.metric("state_writes_total", "result", "ok")
+				eventuallyWithin(t, 60*time.Second, "two state writes", func() bool {
+					return p.metric("state_writes_total", "result", "ok") >= base+2
+				})
+			}
+			tc.stop(p)
+
+			writeStateZone(t, zone, names, 2, "192.0.2.2") // changed while down
+			if tc.damage {
+				b, err := os.ReadFile(statePath)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(statePath, b[:len(b)/2], 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			restart := time.Now()
+			f.server = restartOnPorts(t, p, corefile)
+			up := time.Since(restart)
+
+			codes := f.refreshAll(t)
+			want := uint16(wire.NoError)
+			if !tc.restore {
+				want = wire.NoSuchLLQ
+			}
+			if codes[want] != tc.llqs {
+				t.Fatalf("refreshes answered %v, want %d of %s", codes, tc.llqs, wire.ErrorName(want))
+			}
+			if !tc.restore {
+				return
+			}
+			eventuallyWithin(t, 120*time.Second, "every subscriber told the change", func() bool {
+				return f.changed.Load() == int64(tc.llqs)
+			})
+			last := f.lastChange()
+			t.Logf("%d LLQs: ports answered %s after the restart began; the last subscriber was told the change %s after it; %d refreshes all NOERROR",
+				tc.llqs, up.Round(time.Millisecond), last.Sub(restart).Round(time.Millisecond), codes[wire.NoError])
+			if fi, err := os.Stat(statePath); err == nil {
+				t.Logf("state file: %d bytes, %.1f bytes per LLQ", fi.Size(), float64(fi.Size())/float64(tc.llqs))
+			}
+		})
+	}
+}
+
+// stateSockets is how many client sockets the fleet spreads its LLQs over;
+// each asks for every name.
+const stateSockets = 100
+
+// writeStateZone writes example.org with names n0..n(names-1), each with
+// the address addr.
+func writeStateZone(t *testing.T, path string, names, serial int, addr string) {
+	t.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, "$ORIGIN example.org.\n$TTL 300\n@ IN SOA ns1 hostmaster %d 7200 3600 1209600 300\n@ IN NS ns1\nns1 IN A 192.0.2.53\n", serial)
+	for i := range names {
+		fmt.Fprintf(&b, "n%d IN A %s\n", i, addr)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// restartOnPorts starts CoreDNS again with the ports the stopped process p
+// had, since clients know the server by its address.
+func restartOnPorts(t *testing.T, p *corednsProcess, corefile func(corednsPorts) string) netip.AddrPort {
+	t.Helper()
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "Corefile")
+	if err := os.WriteFile(conf, []byte(corefile(p.ports)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	np := &corednsProcess{process: startProcess(t, dir, corednsBinary(t), "-conf", conf), t: t, ports: p.ports, dns: p.dns, llq: p.llq}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(np.tail())
+		}
+	})
+	for _, addr := range []string{np.dns, np.llq.String()} {
+		for !answers(addr) {
+			if np.exited() {
+				t.Fatalf("restarted CoreDNS exited: %v\n%s", np.err, np.tail())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	return np.llq
+}
+
+// stateFleet holds names LLQs on each of stateSockets sockets: LLQ k of
+// socket s asks for name k. Every event is acknowledged; the fleet counts
+// the LLQs told the change (192.0.2.1 gone, 192.0.2.2 added).
+type stateFleet struct {
+	server  netip.AddrPort
+	names   int
+	socks   []*fleetSock
+	mu      sync.Mutex
+	told    map[uint64]int // per LLQ: bit 0 = heard the removal, bit 1 = heard the addition
+	last    time.Time      // when the last LLQ completed
+	changed atomic.Int64   // LLQs told both
+}
+
+type fleetSock struct {
+	conn    *net.UDPConn
+	ids     []uint64 // per name
+	replies chan *dns.Msg
+}
+
+func newStateFleet(t *testing.T, server netip.AddrPort, names int) *stateFleet {
+	f := &stateFleet{server: server, names: names, told: make(map[uint64]int)}
+	for range stateSockets {
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadBuffer(4 << 20)
+		s := &fleetSock{conn: c, ids: make([]uint64, names), replies: make(chan *dns.Msg, names)}
+		f.socks = append(f.socks, s)
+		go f.read(s)
+		t.Cleanup(func() { c.Close() })
+	}
+	return f
+}
+
+// read answers events with acks and hands every other message on.
+func (f *stateFleet) read(s *fleetSock) {
+	buf := make([]byte, 65535)
+	for {
+		n, err := s.conn.Read(buf)
+		if err != nil {
+			return
+		}
+		m := new(dns.Msg)
+		if m.Unpack(buf[:n]) != nil {
+			continue
+		}
+		opts := wire.Options(m)
+		if len(opts) != 1 {
+			continue
+		}
+		if opts[0].Opcode != wire.OpEvent {
+			select {
+			case s.replies <- m:
+			default:
+			}
+			continue
+		}
+		ack := new(dns.Msg)
+		ack.Id, ack.Response, ack.Question = m.Id, true, m.Question
+		wire.SetOptions(ack, 1232, wire.NewOption(wire.OpEvent, wire.NoError, opts[0].Id, opts[0].LeaseLife))
+		if b, err := ack.Pack(); err == nil {
+			s.conn.WriteToUDPAddrPort(b, f.server)
+		}
+		f.heard(opts[0].Id, m.Answer)
+	}
+}
+
+func (f *stateFleet) heard(id uint64, rrs []dns.RR) {
+	bits := 0
+	for _, rr := range rrs {
+		a, ok := rr.(*dns.A)
+		if !ok {
+			continue
+		}
+		switch {
+		case a.A.String() == "192.0.2.1" && a.Hdr.Ttl == wire.RemoveTTL:
+			bits |= 1
+		case a.A.String() == "192.0.2.2" && a.Hdr.Ttl != wire.RemoveTTL:
+			bits |= 2
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	before := f.told[id]
+	f.told[id] = before | bits
+	if before != 3 && before|bits == 3 {
+		f.last = time.Now()
+		f.changed.Add(1)
+	}
+}
+
+func (f *stateFleet) lastChange() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.last
+}
+
+func fleetName(i int) string { return fmt.Sprintf("n%d.example.org.", i) }
+
+// exchangeAll sends build(i) for every name i of s still pending, and
+// takes replies until accept has taken one for each; names without one
+// are sent again after a second.
+func (f *stateFleet) exchangeAll(t *testing.T, s *fleetSock, build func(i int) *dns.Msg, accept func(i int, o *dns.EDNS0_LLQ) bool) {
+	pending := make(map[int]bool, f.names)
+	for i := range f.names {
+		pending[i] = true
+	}
+	for round := 0; len(pending) > 0; round++ {
+		if round == 30 {
+			t.Errorf("%d names unanswered after %d rounds", len(pending), round)
+			return
+		}
+		for i := range pending {
+			b, err := build(i).Pack()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			s.conn.WriteToUDPAddrPort(b, f.server)
+		}
+		timeout := time.After(time.Second)
+	collect:
+		for len(pending) > 0 {
+			select {
+			case m := <-s.replies:
+				if len(m.Question) != 1 {
+					continue
+				}
+				var i int
+				if _, err := fmt.Sscanf(m.Question[0].Name, "n%d.example.org.", &i); err != nil || !pending[i] {
+					continue
+				}
+				if accept(i, wire.Options(m)[0]) {
+					delete(pending, i)
+				}
+			case <-timeout:
+				break collect
+			}
+		}
+	}
+}
+
+func fleetMsg(i int, op uint16, id uint64) *dns.Msg {
+	m := new(dns.Msg)
+	m.Id = dns.Id()
+	m.Question = []dns.Question{{Name: fleetName(i), Qtype: dns.TypeA, Qclass: dns.ClassINET}}
+	wire.SetOptions(m, 1232, wire.NewOption(op, wire.NoError, id, 7200))
+	return m
+}
+
+// setupAll runs every socket's four-way handshakes, the sockets in
+// parallel.
+func (f *stateFleet) setupAll(t *testing.T) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for _, s := range f.socks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			chal := make([]uint64, f.names)
+			f.exchangeAll(t, s, func(i int) *dns.Msg { return fleetMsg(i, wire.OpSetup, 0) },
+				func(i int, o *dns.EDNS0_LLQ) bool {
+					if o.Opcode != wire.OpSetup || o.Error != wire.NoError || o.Id == 0 {
+						return false
+					}
+					chal[i] = o.Id
+					return true
+				})
+			f.exchangeAll(t, s, func(i int) *dns.Msg { return fleetMsg(i, wire.OpSetup, chal[i]) },
+				func(i int, o *dns.EDNS0_LLQ) bool {
+					if o.Opcode != wire.OpSetup || o.Id != chal[i] {
+						return false
+					}
+					if o.Error != wire.NoError {
+						t.Errorf("setup of %s: %s", fleetName(i), wire.ErrorName(o.Error))
+					}
+					s.ids[i] = o.Id
+					return true
+				})
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+}
+
+// refreshAll refreshes every LLQ and counts the answers by LLQ error code.
+func (f *stateFleet) refreshAll(t *testing.T) map[uint16]int {
+	t.Helper()
+	codes := make(map[uint16]int)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, s := range f.socks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f.exchangeAll(t, s, func(i int) *dns.Msg { return fleetMsg(i, wire.OpRefresh, s.ids[i]) },
+				func(i int, o *dns.EDNS0_LLQ) bool {
+					if o.Opcode != wire.OpRefresh {
+						return false
+					}
+					mu.Lock()
+					codes[o.Error]++
+					mu.Unlock()
+					return true
+				})
+		}()
+	}
+	wg.Wait()
+	return codes
+}
