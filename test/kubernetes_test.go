@@ -676,6 +676,7 @@ func testKubernetesDeployment(t *testing.T, cp *controlPlane) {
 		{"lameduck 5s", "lameduck 100ms"},
 		{"\n    ready\n", "\n    ready 127.0.0.1:0\n"},
 		{"prometheus :9153", "prometheus 127.0.0.1:0"},
+		{"state /var/lib/llq/state", "state " + filepath.Join(t.TempDir(), "state")},
 	} {
 		if !strings.Contains(corefile, r[0]) {
 			t.Fatalf("the manifest's Corefile has no %q:\n%s", r[0], corefile)

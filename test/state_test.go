@@ -77,11 +77,9 @@ func TestStateRestart(t *testing.T) {
 			f.setupAll(t)
 			t.Logf("%d LLQs set up in %s", tc.llqs, time.Since(start).Round(time.Millisecond))
 			if tc.every != "1h" {
-				// Two writes counted after the last setup: the second began
-				// after it, so the file holds every LLQ.
-				base := p.metric("state_writes_total", "result", "ok")
-				eventuallyWithin(t, 60*time.Second, "two state writes", func() bool {
-					return p.metric("state_writes_total", "result", "ok") >= base+2
+				// The file holds every LLQ before the crash.
+				eventuallyWithin(t, 60*time.Second, "a state file with every LLQ", func() bool {
+					return p.metric("state_file_llqs") == float64(tc.llqs)
 				})
 			}
 			tc.stop(p)
