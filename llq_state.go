@@ -66,6 +66,8 @@ func (l *llqTransport) openState(cfg *config, now time.Time) ([]*event, error) {
 	if err != nil {
 		return nil, fmt.Errorf("state key: %v", err)
 	}
+	removeTemps(path)
+	removeTemps(path + ".key")
 	var evs []*event
 	snap, err := readState(path, key)
 	switch {

@@ -83,6 +83,9 @@ func TestStateRestart(t *testing.T) {
 				})
 			}
 			tc.stop(p)
+			if fi, err := os.Stat(statePath); err == nil {
+				t.Logf("state file at the stop: %d bytes, %.1f bytes per LLQ", fi.Size(), float64(fi.Size())/float64(tc.llqs))
+			}
 
 			writeStateZone(t, zone, names, 2, "192.0.2.2") // changed while down
 			if tc.damage {
@@ -115,9 +118,6 @@ func TestStateRestart(t *testing.T) {
 			last := f.lastChange()
 			t.Logf("%d LLQs: ports answered %s after the restart began; the last subscriber was told the change %s after it; %d refreshes all NOERROR",
 				tc.llqs, up.Round(time.Millisecond), last.Sub(restart).Round(time.Millisecond), codes[wire.NoError])
-			if fi, err := os.Stat(statePath); err == nil {
-				t.Logf("state file: %d bytes, %.1f bytes per LLQ", fi.Size(), float64(fi.Size())/float64(tc.llqs))
-			}
 		})
 	}
 }
