@@ -144,22 +144,24 @@ func (l *llqTransport) stateSnapshot(now time.Time) (*snapshot, uint64) {
 	e := l.e
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	snap := &snapshot{saved: now}
-	index := make(map[*topic]int)
-	for _, s := range l.subs {
-		i, ok := index[s.topic]
-		if !ok {
-			i = len(snap.topics)
-			index[s.topic] = i
+	snap := &snapshot{saved: now, topics: make([]savedTopic, 0, len(e.topics))}
+	for _, t := range e.topics {
+		llqs := make([]savedLLQ, 0, len(t.subs))
+		for x := range t.subs {
+			s, mine := x.(*llqSub)
+			if !mine {
+				continue
+			}
+			llqs = append(llqs, savedLLQ{
+				id: s.id, client: s.client, remaining: s.remaining(now), udpSize: s.udpSize, proven: s.proven,
+				unsettled: unsettled(s),
+			})
+		}
+		if len(llqs) > 0 {
 			// records() is cached and never modified, and the records
 			// themselves are immutable: encoding may read them unlocked.
-			snap.topics = append(snap.topics, savedTopic{q: s.topic.question, answers: s.topic.records()})
+			snap.topics = append(snap.topics, savedTopic{q: t.question, answers: t.records(), llqs: llqs})
 		}
-		t := &snap.topics[i]
-		t.llqs = append(t.llqs, savedLLQ{
-			id: s.id, client: s.client, remaining: s.remaining(now), udpSize: s.udpSize, proven: s.proven,
-			unsettled: unsettled(s),
-		})
 	}
 	return snap, l.gen
 }
@@ -189,7 +191,7 @@ func (l *llqTransport) restore(snap *snapshot, now time.Time) []*event {
 	var restored, expired, refused int
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for _, st := range snap.topics {
+	for ti, st := range snap.topics {
 		var j *joining
 		for _, sl := range st.llqs {
 			expires := snap.saved.Add(time.Duration(sl.remaining) * time.Second)
@@ -209,6 +211,11 @@ func (l *llqTransport) restore(snap *snapshot, now time.Time) []*event {
 				// were told; readmit finds what changed.
 				jj := e.prepare(st.q, sl.client, false)
 				jj.answers = st.answers
+				// One provisional topic per saved topic: topics of several
+				// blocks or clients may share the question. No block is
+				// named so, and a block's backend gives no news to a topic
+				// of another block.
+				jj.key.block = fmt.Sprintf("\x00restored %d", ti)
 				j = &jj
 			}
 			// A port that had not proven itself before the restart has not

@@ -186,12 +186,8 @@ func decodeBody(b []byte) (*snapshot, error) {
 	n := r.count(3) // a topic takes at least 3 bytes
 	snap.topics = make([]savedTopic, 0, n)
 	ids := make(map[uint64]struct{})
-	// A question once: the table has one topic per question.
-	type question struct {
-		name          string
-		qtype, qclass uint16
-	}
-	keys := make(map[question]struct{}, n)
+	// A question may come more than once: topics are kept per block and,
+	// where answers depend on it, per client (see topicKey).
 	for range n {
 		var t savedTopic
 		m := r.msg()
@@ -203,12 +199,6 @@ func decodeBody(b []byte) (*snapshot, error) {
 			break
 		}
 		t.q = m.Question[0]
-		k := question{strings.ToLower(dns.Fqdn(t.q.Name)), t.q.Qtype, t.q.Qclass}
-		if _, dup := keys[k]; dup {
-			r.fail("topic %s twice", t.q.Name)
-			break
-		}
-		keys[k] = struct{}{}
 		t.answers = m.Answer
 		if !plainAnswers(t.answers) {
 			r.fail("topic %s: an OPT record among its answers", t.q.Name)

@@ -140,13 +140,12 @@ func TestStateDamage(t *testing.T) {
 func TestStateInvalidBody(t *testing.T) {
 	base := func() *snapshot { return testSnapshot(t, 2, 2) }
 	for name, spoil := range map[string]func(s *snapshot){
-		"duplicate ID":    func(s *snapshot) { s.topics[1].llqs[0].id = s.topics[0].llqs[0].id },
-		"ID 0":            func(s *snapshot) { s.topics[1].llqs[1].id = 0 },
-		"duplicate topic": func(s *snapshot) { s.topics[1].q = s.topics[0].q },
-		"port 0":          func(s *snapshot) { s.topics[0].llqs[0].client = netip.MustParseAddrPort("127.0.0.1:0") },
-		"unspecified":     func(s *snapshot) { s.topics[0].llqs[0].client = netip.MustParseAddrPort("0.0.0.0:53") },
-		"multicast":       func(s *snapshot) { s.topics[0].llqs[0].client = netip.MustParseAddrPort("224.0.0.251:5353") },
-		"small UDP size":  func(s *snapshot) { s.topics[0].llqs[0].udpSize = 511 },
+		"duplicate ID":   func(s *snapshot) { s.topics[1].llqs[0].id = s.topics[0].llqs[0].id },
+		"ID 0":           func(s *snapshot) { s.topics[1].llqs[1].id = 0 },
+		"port 0":         func(s *snapshot) { s.topics[0].llqs[0].client = netip.MustParseAddrPort("127.0.0.1:0") },
+		"unspecified":    func(s *snapshot) { s.topics[0].llqs[0].client = netip.MustParseAddrPort("0.0.0.0:53") },
+		"multicast":      func(s *snapshot) { s.topics[0].llqs[0].client = netip.MustParseAddrPort("224.0.0.251:5353") },
+		"small UDP size": func(s *snapshot) { s.topics[0].llqs[0].udpSize = 511 },
 		"OPT among answers": func(s *snapshot) {
 			s.topics[0].answers = append(s.topics[0].answers, &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}})
 		},
@@ -163,6 +162,24 @@ func TestStateInvalidBody(t *testing.T) {
 		if snap, err := decodeState(b, testStateKey); err == nil || snap != nil {
 			t.Errorf("%s: loaded", name)
 		}
+	}
+}
+
+// TestStateSharedQuestion: topics of two blocks or clients may share a
+// question (see topicKey), and the file keeps both.
+func TestStateSharedQuestion(t *testing.T) {
+	s := testSnapshot(t, 2, 2)
+	s.topics[1].q = s.topics[0].q
+	b, err := encodeState(s, testStateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := decodeState(b, testStateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.topics) != 2 || snap.topics[1].q != s.topics[0].q {
+		t.Fatalf("topics %+v", snap.topics)
 	}
 }
 

@@ -78,9 +78,12 @@ func TestStateRestart(t *testing.T) {
 			t.Logf("%d LLQs set up in %s", tc.llqs, time.Since(start).Round(time.Millisecond))
 			if tc.every != "1h" {
 				// The file holds every LLQ before the crash.
+				var in float64
 				eventuallyWithin(t, 60*time.Second, "a state file with every LLQ", func() bool {
-					return p.metric("state_file_llqs") == float64(tc.llqs)
+					in = p.metric("state_file_llqs")
+					return in == float64(tc.llqs)
 				})
+				t.Logf("state file written with %.0f LLQs", in)
 			}
 			tc.stop(p)
 			if fi, err := os.Stat(statePath); err == nil {
@@ -101,6 +104,11 @@ func TestStateRestart(t *testing.T) {
 			f.server = restartOnPorts(t, p, corefile)
 			up := time.Since(restart)
 
+			if tc.restore {
+				eventuallyWithin(t, 120*time.Second, "every subscriber told the change", func() bool {
+					return f.changed.Load() == int64(tc.llqs)
+				})
+			}
 			codes := f.refreshAll(t)
 			want := uint16(wire.NoError)
 			if !tc.restore {
@@ -112,9 +120,6 @@ func TestStateRestart(t *testing.T) {
 			if !tc.restore {
 				return
 			}
-			eventuallyWithin(t, 120*time.Second, "every subscriber told the change", func() bool {
-				return f.changed.Load() == int64(tc.llqs)
-			})
 			last := f.lastChange()
 			t.Logf("%d LLQs: ports answered %s after the restart began; the last subscriber was told the change %s after it; %d refreshes all NOERROR",
 				tc.llqs, up.Round(time.Millisecond), last.Sub(restart).Round(time.Millisecond), codes[wire.NoError])
@@ -270,44 +275,62 @@ func (f *stateFleet) lastChange() time.Time {
 
 func fleetName(i int) string { return fmt.Sprintf("n%d.example.org.", i) }
 
-// exchangeAll sends build(i) for every name i of s still pending, and
-// takes replies until accept has taken one for each; names without one
-// are sent again after a second.
+// exchangeAll sends build(i) for every name i of s, at most fleetWindow
+// at a time, and takes replies to what this call sent until accept has taken
+// one for each; a name without one is sent again after a second. Replies
+// are matched by DNS ID: a late reply to an earlier phase (a challenge
+// answering a repeated setup) must not pass for this phase's.
 func (f *stateFleet) exchangeAll(t *testing.T, s *fleetSock, build func(i int) *dns.Msg, accept func(i int, o *dns.EDNS0_LLQ) bool) {
-	pending := make(map[int]bool, f.names)
-	for i := range f.names {
-		pending[i] = true
+	const fleetWindow, maxTries = 32, 30
+	queue := make([]int, f.names)
+	for i := range queue {
+		queue[i] = i
 	}
-	for round := 0; len(pending) > 0; round++ {
-		if round == 30 {
-			t.Errorf("%d names unanswered after %d rounds", len(pending), round)
-			return
+	sent := make(map[uint16]int)   // DNS ID -> name
+	waiting := map[int]time.Time{} // name -> last sent
+	tries := make([]int, f.names)
+	send := func(i int) bool {
+		if tries[i]++; tries[i] > maxTries {
+			t.Errorf("%s unanswered after %d tries", fleetName(i), maxTries)
+			return false
 		}
-		for i := range pending {
-			b, err := build(i).Pack()
-			if err != nil {
-				t.Error(err)
+		m := build(i)
+		for _, taken := sent[m.Id]; taken; _, taken = sent[m.Id] {
+			m.Id = dns.Id()
+		}
+		sent[m.Id] = i
+		b, err := m.Pack()
+		if err != nil {
+			t.Error(err)
+			return false
+		}
+		s.conn.WriteToUDPAddrPort(b, f.server)
+		waiting[i] = time.Now()
+		return true
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for len(queue) > 0 || len(waiting) > 0 {
+		for len(waiting) < fleetWindow && len(queue) > 0 {
+			if !send(queue[0]) {
 				return
 			}
-			s.conn.WriteToUDPAddrPort(b, f.server)
+			queue = queue[1:]
 		}
-		timeout := time.After(time.Second)
-	collect:
-		for len(pending) > 0 {
-			select {
-			case m := <-s.replies:
-				if len(m.Question) != 1 {
-					continue
+		select {
+		case m := <-s.replies:
+			i, ours := sent[m.Id]
+			if _, open := waiting[i]; !ours || !open || len(m.Question) != 1 || m.Question[0].Name != fleetName(i) {
+				continue
+			}
+			if accept(i, wire.Options(m)[0]) {
+				delete(waiting, i)
+			}
+		case now := <-tick.C:
+			for i, at := range waiting {
+				if now.Sub(at) > time.Second && !send(i) {
+					return
 				}
-				var i int
-				if _, err := fmt.Sscanf(m.Question[0].Name, "n%d.example.org.", &i); err != nil || !pending[i] {
-					continue
-				}
-				if accept(i, wire.Options(m)[0]) {
-					delete(pending, i)
-				}
-			case <-timeout:
-				break collect
 			}
 		}
 	}
