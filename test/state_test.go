@@ -101,7 +101,11 @@ func TestStateRestart(t *testing.T) {
 				}
 			}
 			restart := time.Now()
-			f.server = restartOnPorts(t, p, corefile)
+			// The fleet's readers ack to f.server meanwhile: the restarted
+			// process must be at the same address, not written over it.
+			if at := restartOnPorts(t, p, corefile); at != f.server {
+				t.Fatalf("restarted at %v, not %v", at, f.server)
+			}
 			up := time.Since(restart)
 
 			if tc.restore {
