@@ -309,22 +309,7 @@ func (w *Watcher) followPush(ctx context.Context, server netip.AddrPort, target 
 		return false, 0, err
 	}
 	w.logf("subscribed to %s with DNS Push at %s", questionString(w.q), server)
-	if !w.emit(ctx, Update{Answers: s.Answers(), Initial: true, Proto: ProtoPush, Server: server}) {
-		return true, 0, nil
-	}
-	for {
-		select {
-		case ev, ok := <-s.Events():
-			if !ok {
-				return true, 0, s.Err()
-			}
-			if !w.emit(ctx, Update{Time: ev.Time, Answers: s.Answers(), Proto: ProtoPush, Server: server}) {
-				return true, 0, nil
-			}
-		case <-ctx.Done():
-			return true, 0, nil
-		}
-	}
+	return true, 0, w.relay(ctx, s, ProtoPush, server)
 }
 
 func (w *Watcher) followLLQ(ctx context.Context, server netip.AddrPort) (established bool, retry time.Duration, err error) {
@@ -342,20 +327,33 @@ func (w *Watcher) followLLQ(ctx context.Context, server netip.AddrPort) (establi
 		return false, 0, err
 	}
 	w.logf("LLQ %#x for %s at %s, lease %s", s.ID(), questionString(w.q), server, s.Lease())
-	if !w.emit(ctx, Update{Answers: s.Answers(), Initial: true, Proto: ProtoLLQ, Server: server}) {
-		return true, 0, nil
+	return true, 0, w.relay(ctx, s, ProtoLLQ, server)
+}
+
+// feed is what relay needs of a subscription, LLQ or DNS Push alike.
+type feed interface {
+	Answers() []dns.RR
+	Events() <-chan Event
+	Err() error
+}
+
+// relay reports s's answer set now and after every event until s ends,
+// returning why it ended, or nil when the watch was stopped.
+func (w *Watcher) relay(ctx context.Context, s feed, proto Proto, server netip.AddrPort) error {
+	if !w.emit(ctx, Update{Answers: s.Answers(), Initial: true, Proto: proto, Server: server}) {
+		return nil
 	}
 	for {
 		select {
 		case ev, ok := <-s.Events():
 			if !ok {
-				return true, 0, s.Err()
+				return s.Err()
 			}
-			if !w.emit(ctx, Update{Time: ev.Time, Answers: s.Answers(), Proto: ProtoLLQ, Server: server}) {
-				return true, 0, nil
+			if !w.emit(ctx, Update{Time: ev.Time, Answers: s.Answers(), Proto: proto, Server: server}) {
+				return nil
 			}
 		case <-ctx.Done():
-			return true, 0, nil
+			return nil
 		}
 	}
 }
