@@ -169,6 +169,10 @@ type frameReader struct {
 	g       *connGate
 	buf     []byte // len(buf) bytes are reserved from g
 	partial bool   // part of a message has arrived
+	// begun, when set, runs once a message's length has arrived: its body
+	// gets its own time, so a message that starts just before the
+	// connection's deadline is not cut in half by it.
+	begun func()
 }
 
 // next returns the next message, valid until done.
@@ -180,6 +184,9 @@ func (f *frameReader) next(lim connLimits) ([]byte, error) {
 		return nil, err
 	}
 	size := int(binary.BigEndian.Uint16(hdr[:]))
+	if size > 0 && f.begun != nil {
+		f.begun()
+	}
 	got := 0
 	for got < size {
 		if got == len(f.buf) {

@@ -308,6 +308,9 @@ func (l *listener) serveConn(c net.Conn, src netip.AddrPort, client netip.Prefix
 	}()
 	var held heldLLQs
 	deadline := time.Now().Add(l.llq.e.config().conns.idle)
+	// A message must arrive whole within the idle time of its first bytes;
+	// the deadline between messages stays as the loop sets it.
+	f.begun = func() { c.SetReadDeadline(time.Now().Add(l.llq.e.config().conns.idle)) }
 	for {
 		c.SetReadDeadline(deadline)
 		lim := l.llq.e.config().conns
