@@ -37,10 +37,10 @@ func checkListen(s string) error {
 }
 
 // followBind puts the server block's bind address into a listen address
-// that gives no host, so that the LLQ listener binds where the block's DNS
-// listener does. With more than one bind address there is no one place to
-// follow.
-func followBind(listen string, hosts []string) (string, error) {
+// that gives no host, so that the listener set by the option named option
+// (listen or tls-listen) binds where the block's DNS listener does. With
+// more than one bind address there is no one place to follow.
+func followBind(listen string, hosts []string, option string) (string, error) {
 	host, port, err := net.SplitHostPort(listen)
 	if err != nil || host != "" {
 		return listen, err
@@ -57,8 +57,12 @@ func followBind(listen string, hosts []string) (string, error) {
 	case 1:
 		return net.JoinHostPort(bound[0], port), nil
 	}
-	return "", fmt.Errorf("this server block binds %d addresses (%s) and the LLQ listener takes one: set it with \"listen ADDRESS%s\" in the llq block",
-		len(bound), strings.Join(bound, " "), listen)
+	what := "LLQ listener"
+	if option == "tls-listen" {
+		what = "TLS listener"
+	}
+	return "", fmt.Errorf("this server block binds %d addresses (%s) and the %s takes one: set it with \"%s ADDRESS%s\" in the llq block",
+		len(bound), strings.Join(bound, " "), what, option, listen)
 }
 
 // checkZones refuses llq zones the server block does not serve: CoreDNS

@@ -66,8 +66,15 @@ func setup(c *caddy.Controller) error {
 	if err := checkZones(zones, blockZones(c)); err != nil {
 		return plugin.Error("llq", fmt.Errorf("%s: %w", where, err))
 	}
-	if cfg.listen, err = followBind(cfg.listen, conf.ListenHosts); err != nil {
+	if cfg.listen, err = followBind(cfg.listen, conf.ListenHosts, "listen"); err != nil {
 		return plugin.Error("llq", fmt.Errorf("%s: %w", where, err))
+	}
+	if cfg.tlsCert != "" {
+		// The TLS listener follows bind as the LLQ listener does: a block
+		// bound to one address does not open port 853 on every other.
+		if cfg.tlsListen, err = followBind(cfg.tlsListen, conf.ListenHosts, "tls-listen"); err != nil {
+			return plugin.Error("llq", fmt.Errorf("%s: %w", where, err))
+		}
 	}
 	if err := claimListen(listenClaims(c), cfg, where, src.options); err != nil {
 		return plugin.Error("llq", fmt.Errorf("%s: %w", where, err))
@@ -289,7 +296,7 @@ func parse(c *caddy.Controller) ([]string, *config, source, error) {
 				if len(args) != 1 {
 					return nil, nil, src, c.ArgErr()
 				}
-				cfg.tlsListen = args[0]
+				cfg.tlsListen, err = args[0], checkListen(args[0])
 			case "push-keepalive":
 				if len(args) != 2 {
 					return nil, nil, src, c.ArgErr()

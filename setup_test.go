@@ -136,6 +136,12 @@ func TestParse(t *testing.T) {
 		{input: "llq {\n tls-listen 127.0.0.1:8853\n}", check: func(c *config) bool { return c.tlsListen == "127.0.0.1:8853" }},
 		{input: "llq {\n tls-listen\n}", err: "Wrong argument count"},
 		{input: "llq {\n tls-listen a b\n}", err: "Wrong argument count"},
+		{input: "llq {\n tls-listen :8853\n}", check: func(c *config) bool { return c.tlsListen == ":8853" }},
+		{input: "llq {\n tls-listen [::1]:853\n}", check: func(c *config) bool { return c.tlsListen == "[::1]:853" }},
+		{input: "llq {\n tls-listen push.example.org:853\n}", err: "Testfile:2 - Error during parsing: tls-listen: \"push.example.org\" is not an IP address"},
+		{input: "llq {\n tls-listen 127.0.0.1\n}", err: "tls-listen: want HOST:PORT or :PORT"},
+		{input: "llq {\n tls-listen 127.0.0.1:8530000\n}", err: "is not a number from 0 to 65535"},
+		{input: "llq {\n tls-listen :dot\n}", err: "is not a number from 0 to 65535"},
 
 		{input: "llq {\n push-keepalive 30s 2h\n}", check: func(c *config) bool { return c.pushInactivity == 30*time.Second && c.pushKeepalive == 2*time.Hour }},
 		{input: "llq {\n push-keepalive 0 10\n}", check: func(c *config) bool { return c.pushInactivity == 0 && c.pushKeepalive == 10*time.Second }},
@@ -251,5 +257,50 @@ func TestSetup(t *testing.T) {
 	c = caddy.NewTestController("dns", "llq {\n lease 1\n}")
 	if err := setup(c); err == nil || !strings.Contains(err.Error(), "plugin/llq") {
 		t.Fatalf("setup error %v, want a plugin/llq error", err)
+	}
+}
+
+// TestSetupTLSListen: tls-listen without a host follows the server block's
+// bind address, as listen does; with several bind addresses the operator
+// is told which line to write, naming the Corefile's line.
+func TestSetupTLSListen(t *testing.T) {
+	ca := newTestCA(t, t.TempDir())
+	for _, tc := range []struct {
+		what   string
+		binds  []string
+		option string // the tls-listen line, if any
+		want   string // the TLS listener's address
+		err    string
+	}{
+		{what: "default, no bind", want: ":853"},
+		{what: "default, one bind", binds: []string{"127.0.0.1"}, want: "127.0.0.1:853"},
+		{what: "port only, one bind", binds: []string{"::1"}, option: "tls-listen :8853", want: "[::1]:8853"},
+		{what: "host given, bind ignored", binds: []string{"127.0.0.1"}, option: "tls-listen 127.0.0.2:8853", want: "127.0.0.2:8853"},
+		{what: "port only, no bind", option: "tls-listen :8853", want: ":8853"},
+		{what: "two binds", binds: []string{"127.0.0.1", "::1"}, option: "tls-listen :8853",
+			err: `Testfile:1: this server block binds 2 addresses (127.0.0.1 ::1) and the TLS listener takes one: set it with "tls-listen ADDRESS:8853"`},
+		{what: "two binds, default", binds: []string{"127.0.0.1", "::1"},
+			err: `set it with "tls-listen ADDRESS:853"`},
+		{what: "two binds, host given", binds: []string{"127.0.0.1", "::1"}, option: "tls-listen 127.0.0.1:8853", want: "127.0.0.1:8853"},
+	} {
+		t.Run(tc.what, func(t *testing.T) {
+			input := "llq {\n listen 127.0.0.1:0\n tls " + ca.certFile + " " + ca.keyFile + "\n " + tc.option + "\n}"
+			c := caddy.NewTestController("dns", input)
+			dnsserver.GetConfig(c).ListenHosts = tc.binds
+			err := setup(c)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := dnsserver.GetConfig(c).Plugin[0](nil).(*LLQ)
+			if l.cfg.tlsListen != tc.want {
+				t.Fatalf("TLS listener on %q, want %q", l.cfg.tlsListen, tc.want)
+			}
+		})
 	}
 }

@@ -35,6 +35,7 @@ func TestMisconfigurationsRefused(t *testing.T) {
 	if err := os.WriteFile(zone, []byte(fmt.Sprintf(zoneHead, 1)), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	cert, key, _ := certChain(t, dir)
 	for _, tc := range []struct {
 		what, corefile, err string
 	}{
@@ -66,6 +67,33 @@ example.net:0 {
 }
 `, freePort(t), zone),
 			err: "Corefile:8: the LLQ listener 127.0.0.1:",
+		},
+		{
+			what: "tls-listen naming a host",
+			corefile: fmt.Sprintf(`example.org:0 {
+    llq {
+        listen 127.0.0.1:0
+        tls %[1]s %[2]s
+        tls-listen push.example.org:853
+    }
+    file %[3]s
+}
+`, cert, key, zone),
+			err: `Corefile:5 - Error during parsing: tls-listen: "push.example.org" is not an IP address`,
+		},
+		{
+			what: "tls-listen without a host in a block bound to two addresses",
+			corefile: fmt.Sprintf(`example.org:0 {
+    bind 127.0.0.1 127.0.0.2
+    llq {
+        listen 127.0.0.1:0
+        tls %[1]s %[2]s
+        tls-listen :%[4]d
+    }
+    file %[3]s
+}
+`, cert, key, zone, freePort(t)),
+			err: `Corefile:3: this server block binds 2 addresses (127.0.0.1 127.0.0.2) and the TLS listener takes one: set it with "tls-listen ADDRESS:`,
 		},
 	} {
 		if got := startFails(t, tc.corefile); !strings.Contains(got, tc.err) {
@@ -99,6 +127,41 @@ func TestListenFollowsBind(t *testing.T) {
 		conn, err := net.ListenPacket("udp4", c.addr)
 		if err == nil {
 			conn.Close()
+		}
+		if (err == nil) != c.free {
+			t.Errorf("binding %s: %v; want it free: %v", c.addr, err, c.free)
+		}
+	}
+}
+
+// TestTLSListenFollowsBind: so does the TLS listener, with a tls-listen
+// address without a host.
+func TestTLSListenFollowsBind(t *testing.T) {
+	s := &server{t: t}
+	dir := t.TempDir()
+	zone := filepath.Join(dir, "zone")
+	if err := os.WriteFile(zone, []byte(fmt.Sprintf(zoneHead, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cert, key, _ := certChain(t, dir)
+	port := freePort(t)
+	s.start(fmt.Sprintf(`example.org:0 {
+    bind 127.0.0.1
+    llq {
+        listen 127.0.0.1:0
+        tls %s %s
+        tls-listen :%d
+    }
+    file %s
+}
+`, cert, key, port, zone))
+	for _, c := range []struct {
+		addr string
+		free bool
+	}{{fmt.Sprintf("127.0.0.2:%d", port), true}, {fmt.Sprintf("127.0.0.1:%d", port), false}} {
+		ln, err := net.Listen("tcp4", c.addr)
+		if err == nil {
+			ln.Close()
 		}
 		if (err == nil) != c.free {
 			t.Errorf("binding %s: %v; want it free: %v", c.addr, err, c.free)
