@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	ctest "github.com/coredns/coredns/test"
 	"github.com/llqdns/llq/dso"
 	"github.com/llqdns/llq/internal/pcaptest"
 	"github.com/miekg/dns"
@@ -308,4 +309,80 @@ func tsharkCheck(t *testing.T, frames [][]byte) {
 			t.Errorf("message %d: tshark says %q, llq's parser %q", i, lines[i], want)
 		}
 	}
+}
+
+// TestDNSPushACLRefused: a client that acl refuses on CoreDNS's port gets
+// REFUSED for its SUBSCRIBE, no PUSH, and leaves no subscription behind;
+// an allowed client in the same block subscribes as usual.
+func TestDNSPushACLRefused(t *testing.T) {
+	z := zoneFile(t, "example.org", "www IN A 192.0.2.1")
+	cert, key, pool := certChain(t, t.TempDir())
+	tlsAddr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t))
+	inst, _, _, err := ctest.CoreDNSServerAndPorts(fmt.Sprintf(`example.org:0 {
+    bind 127.0.0.1
+    acl {
+        block net 127.0.0.2/32
+    }
+    llq {
+        listen 127.0.0.1:0
+        tls %s %s
+        tls-listen %s
+    }
+    file %s
+}
+`, cert, key, tlsAddr, z.zoneFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inst.ShutdownCallbacks(); inst.Stop() })
+
+	subs := metric(t, "push_subscriptions")
+	refused := counter(t, "push_subscribes_total", "result", "refused")
+	topics := metric(t, "topics")
+
+	conn, err := tls.DialWithDialer(&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}, "tcp", tlsAddr.String(),
+		&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	blocked := &dsoConn{t: t, conn: conn}
+	if rc := blocked.subscribe(1, "www.example.org.", dns.TypeA); rc != dns.RcodeRefused {
+		t.Fatalf("blocked client's SUBSCRIBE: rcode %s, want REFUSED", dns.RcodeToString[rc])
+	}
+	// The next message on the session is the response to a Keepalive: no
+	// PUSH came before it.
+	blocked.b.Start(2, false, 0)
+	blocked.b.Keepalive(dso.Keepalive{Inactivity: 15000, Interval: 15000})
+	blocked.send()
+	if m, err := blocked.read(); err != nil {
+		t.Fatal(err)
+	} else if p, _ := m.Primary(); !m.Response || m.ID != 2 {
+		t.Fatalf("blocked client got %s (id %d) before its Keepalive response", dso.TypeName(p.Type), m.ID)
+	}
+	if n := refused(); n != 1 {
+		t.Fatalf("push_subscribes_total{refused} grew by %v, want 1", n)
+	}
+	if n := metric(t, "push_subscriptions"); n != subs {
+		t.Fatalf("push_subscriptions %v after the refusal, was %v", n, subs)
+	}
+	if n := metric(t, "topics"); n != topics {
+		t.Fatalf("topics %v after the refusal, was %v", n, topics)
+	}
+
+	allowed, err := dialDSO(t, tlsAddr, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc := allowed.subscribe(1, "www.example.org.", dns.TypeA); rc != dns.RcodeSuccess {
+		t.Fatalf("allowed client's SUBSCRIBE: rcode %s", dns.RcodeToString[rc])
+	}
+	wantPush(t, allowed.push(), "www.example.org.\t3600\tIN\tA\t192.0.2.1")
+	if n := metric(t, "push_subscriptions"); n != subs+1 {
+		t.Fatalf("push_subscriptions %v with the allowed client's, was %v", n, subs)
+	}
+	allowed.conn.Close()
+	eventually(t, "the allowed client's subscription gone with its session", func() bool {
+		return metric(t, "push_subscriptions") == subs && metric(t, "topics") == topics
+	})
 }
