@@ -188,6 +188,7 @@ func (q *outQueue) write() {
 		q.mu.Lock()
 		items, conn, stopping, final := q.items, q.conn, q.stopping, q.final
 		q.items, q.bytes = spare[:0], 0
+		spare = nil // q.items has it now, even when this round has nothing to write
 		q.mu.Unlock()
 		if len(items) > 0 {
 			batch = encode(batch[:0], items)
