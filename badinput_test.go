@@ -45,8 +45,8 @@ func TestDiscoveryNamesNoData(t *testing.T) {
 func TestSetupRefusesClassAndMetaTypes(t *testing.T) {
 	env := newTestEnv(t, nil)
 	c := newUDPClient(t)
-	challenged := track(t, setups.WithLabelValues("challenged"))
-	refused := track(t, setups.WithLabelValues("refused"))
+	challenged := track(t, env.e.metrics.setups.WithLabelValues("challenged"))
+	refused := track(t, env.e.metrics.setups.WithLabelValues("refused"))
 	bad := []dns.Question{
 		{Name: "www.example.org.", Qtype: dns.TypeA, Qclass: dns.ClassCHAOS},
 		{Name: "www.example.org.", Qtype: dns.TypeA, Qclass: 7},
@@ -81,7 +81,7 @@ func TestSetupRefusesClassAndMetaTypes(t *testing.T) {
 func TestTwoOPTRecordsFormErr(t *testing.T) {
 	env := newTestEnv(t, nil)
 	c := newUDPClient(t)
-	challenged := track(t, setups.WithLabelValues("challenged"))
+	challenged := track(t, env.e.metrics.setups.WithLabelValues("challenged"))
 	for _, tcp := range []bool{false, true} {
 		m := llqMsg(1, 1232, []dns.Question{qWWW}, setupOpt(0, 3600))
 		second := &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}}
@@ -109,9 +109,9 @@ func TestServFullMetric(t *testing.T) {
 	env := newTestEnv(t, func(c *config) { c.maxPerClient = 1 })
 	c := newUDPClient(t)
 	env.establish(t, c.addr, 1232, qWWW, 3600)
-	servFull := track(t, setups.WithLabelValues("serv-full"))
-	errs := track(t, errorsSent.WithLabelValues("SERV-FULL"))
-	limits := track(t, limitRejections.WithLabelValues("max-llqs-per-client"))
+	servFull := track(t, env.e.metrics.setups.WithLabelValues("serv-full"))
+	errs := track(t, env.e.metrics.errorsSent.WithLabelValues("SERV-FULL"))
+	limits := track(t, env.e.metrics.limitRejections.WithLabelValues("max-llqs-per-client"))
 
 	other := question("other.example.org.", dns.TypeA)
 	r := env.exchange(t, llqMsg(1, 1232, []dns.Question{other}, setupOpt(0, 3600)), c.addr, false)

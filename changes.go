@@ -111,7 +111,7 @@ func newChangeQueue(e *Engine) *changeQueue {
 
 // mark queues ch and (re)starts the quiet period.
 func (c *changeQueue) mark(ch change) {
-	triggerChanges.WithLabelValues(ch.trigger).Inc()
+	c.e.metrics.triggerChanges.WithLabelValues(ch.trigger).Inc()
 	e := c.e
 	e.mu.Lock()
 	now := time.Now()
@@ -260,7 +260,7 @@ func (c *changeQueue) update(w work) {
 		// block's answer.
 		ok = false
 	}
-	resolutions.WithLabelValues(w.trigger).Inc()
+	c.e.metrics.resolutions.WithLabelValues(w.trigger).Inc()
 	now := time.Now()
 	e.mu.Lock()
 	if e.topics[w.t.key] != w.t { // its last subscriber left meanwhile
@@ -270,7 +270,7 @@ func (c *changeQueue) update(w work) {
 	if !ok {
 		// No news: the last answers stand, and the topic is asked again
 		// later, sooner than the poll would, later after each failure.
-		resolveFailures.Inc()
+		c.e.metrics.resolveFailures.Inc()
 		w.t.failures++
 		e.sched.schedule(&w.t.retry, now.Add(retryDelay(w.t.failures, e.config().poll)))
 		e.mu.Unlock()

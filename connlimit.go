@@ -8,10 +8,6 @@ import (
 	"net/netip"
 	"sync"
 	"time"
-
-	"github.com/coredns/coredns/plugin"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promauto"
 )
 
 // Stream listeners (LLQ over TCP, and DNS over TLS for DNS Push) meet
@@ -34,25 +30,18 @@ type connLimits struct {
 // connections is an attack, not a client.
 var defaultConnLimits = connLimits{max: 10000, perClient: 256, idle: 30 * time.Second, buffers: 32 << 20}
 
-var (
-	connsOpen = promauto.NewGauge(prometheus.GaugeOpts{Namespace: plugin.Namespace, Subsystem: "llq",
-		Name: "connections", Help: "Open TCP connections."})
-	readBuffered = promauto.NewGauge(prometheus.GaugeOpts{Namespace: plugin.Namespace, Subsystem: "llq",
-		Name: "read_buffer_bytes", Help: "Bytes held for TCP messages being received."})
-	connsRefused = counterVec("connections_refused_total", "TCP connections closed on arrival, by limit.", "limit")
-	connsClosed  = counterVec("connections_closed_total", "TCP connections closed by the server, by reason.", "reason")
-	acceptErrors = counter("accept_errors_total", "Failed accepts of TCP connections (each followed by a pause).")
-)
-
 // connGate counts one listener's connections and read buffers.
 type connGate struct {
 	mu        sync.Mutex
 	open      int
 	perClient map[netip.Prefix]int
 	buffered  int
+	metrics   *listenerMetrics
 }
 
-func newConnGate() *connGate { return &connGate{perClient: make(map[netip.Prefix]int)} }
+func newConnGate(m *listenerMetrics) *connGate {
+	return &connGate{perClient: make(map[netip.Prefix]int), metrics: m}
+}
 
 // enter admits a connection from client, or counts the limit that refuses
 // it and returns false.
@@ -60,16 +49,16 @@ func (g *connGate) enter(client netip.Prefix, lim connLimits) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if lim.max > 0 && g.open >= lim.max {
-		connsRefused.WithLabelValues("max-connections").Inc()
+		g.metrics.connsRefused.WithLabelValues("max-connections").Inc()
 		return false
 	}
 	if lim.perClient > 0 && g.perClient[client] >= lim.perClient {
-		connsRefused.WithLabelValues("max-connections-per-client").Inc()
+		g.metrics.connsRefused.WithLabelValues("max-connections-per-client").Inc()
 		return false
 	}
 	g.open++
 	g.perClient[client]++
-	connsOpen.Inc()
+	g.metrics.connsOpen.Inc()
 	return true
 }
 
@@ -83,7 +72,7 @@ func (g *connGate) leave(client netip.Prefix) {
 	} else {
 		g.perClient[client]--
 	}
-	connsOpen.Dec()
+	g.metrics.connsOpen.Dec()
 }
 
 // reserve takes n bytes of read buffer, if the total allows.
@@ -94,7 +83,7 @@ func (g *connGate) reserve(n int, lim connLimits) bool {
 		return false
 	}
 	g.buffered += n
-	readBuffered.Add(float64(n))
+	g.metrics.readBuffered.Add(float64(n))
 	return true
 }
 
@@ -105,7 +94,7 @@ func (g *connGate) release(n int) {
 	g.mu.Lock()
 	g.buffered -= n
 	g.mu.Unlock()
-	readBuffered.Sub(float64(n))
+	g.metrics.readBuffered.Sub(float64(n))
 }
 
 // Accept back-off bounds, as net/http has them.
@@ -120,7 +109,7 @@ const (
 // a second: trying again at once spins a core for as long as the shortage
 // lasts, and takes every descriptor freed meanwhile from the rest of the
 // server (the file plugin reopening its zone, say).
-func acceptLoop(ln net.Listener, stop <-chan struct{}, serve func(net.Conn)) {
+func acceptLoop(ln net.Listener, stop <-chan struct{}, m *listenerMetrics, serve func(net.Conn)) {
 	var pause time.Duration
 	for {
 		c, err := ln.Accept()
@@ -132,7 +121,7 @@ func acceptLoop(ln net.Listener, stop <-chan struct{}, serve func(net.Conn)) {
 		if errors.Is(err, net.ErrClosed) {
 			return
 		}
-		acceptErrors.Inc()
+		m.acceptErrors.Inc()
 		pause = nextAcceptPause(pause)
 		if pause == acceptPauseMin {
 			log.Warningf("accept on %s: %v; pausing up to %v between tries", ln.Addr(), err, acceptPauseMax)

@@ -94,8 +94,8 @@ func bufferedBytes(e *Engine) int {
 func TestConnectionCaps(t *testing.T) {
 	env := newTestEnv(t, nil)
 	perClient := env.e.config().conns.perClient
-	refusedPer := track(t, connsRefused.WithLabelValues("max-connections-per-client"))
-	refusedMax := track(t, connsRefused.WithLabelValues("max-connections"))
+	refusedPer := track(t, env.e.metrics.connsRefused.WithLabelValues("max-connections-per-client"))
+	refusedMax := track(t, env.e.metrics.connsRefused.WithLabelValues("max-connections"))
 	n := perClient + 50
 	for range n {
 		dialFrom(t, env.e, "127.0.0.1")
@@ -137,7 +137,7 @@ func TestConnectionCapsIPv6Prefix(t *testing.T) {
 	if bits.key(v4) == bits.key(v4.Next()) || bits.key(netip.AddrFrom16(v4.As16())) != bits.key(v4) {
 		t.Fatalf("IPv4 keys")
 	}
-	g := newConnGate()
+	g := newConnGate(newListenerMetrics(t.Name()))
 	lim := connLimits{perClient: 2}
 	if !g.enter(bits.key(a), lim) || !g.enter(bits.key(b), lim) || g.enter(bits.key(b.Next()), lim) {
 		t.Fatalf("a /64 got more than 2 connections")
@@ -152,7 +152,7 @@ func TestConnectionCapsIPv6Prefix(t *testing.T) {
 // until its LLQ ends.
 func TestIdleConnections(t *testing.T) {
 	env := newTestEnv(t, func(c *config) { c.conns.idle = 300 * time.Millisecond })
-	idle := track(t, connsClosed.WithLabelValues("idle"))
+	idle := track(t, env.e.metrics.connsClosed.WithLabelValues("idle"))
 
 	holder := dialFrom(t, env.e, "127.0.0.1")
 	r, err := tcpExchange(holder, llqMsg(1, 1232, []dns.Question{qWWW}, setupOpt(0, 3600)))
@@ -218,7 +218,7 @@ func TestIdleConnections(t *testing.T) {
 // more comes only with the bytes that arrive, and the total is capped.
 func TestReadBuffers(t *testing.T) {
 	env := newTestEnv(t, func(c *config) { c.conns.buffers = dns.MaxMsgSize })
-	full := track(t, connsClosed.WithLabelValues("read-buffers"))
+	full := track(t, env.e.metrics.connsClosed.WithLabelValues("read-buffers"))
 	fit := dns.MaxMsgSize / frameStart // 127 prefixes fit, the 128th does not
 	conns := make([]*net.TCPConn, fit)
 	for i := range conns {
@@ -364,7 +364,7 @@ func TestAcceptBackoffChild(t *testing.T) {
 		}
 		held = append(held, f)
 	}
-	failed := track(t, acceptErrors)
+	failed := track(t, env.e.metrics.acceptErrors)
 	fmt.Println("child: descriptors exhausted")
 	in.Scan() // the parent's connection waits to be accepted
 	eventually(t, "accepts to fail", func() bool { return failed.moved(t) >= 3 }, wait)

@@ -40,8 +40,9 @@ type Engine struct {
 	llq     *llqTransport
 	push    *pushTransport // nil without a tls line
 
-	key  string // listen address it was created for; the registry's key
-	refs int    // plugin instances using the engine; guarded by the registry lock
+	key     string           // listen address it was created for; the registry's key
+	metrics *listenerMetrics // its series, labelled with its listener
+	refs    int              // plugin instances using the engine; guarded by the registry lock
 }
 
 func newEngine(cfg *config) (*Engine, error) {
@@ -52,12 +53,20 @@ func newEngine(cfg *config) (*Engine, error) {
 		sched:     newScheduler(),
 	}
 	e.cfg.Store(cfg)
-	e.changes = newChangeQueue(e)
-	e.watch = newWatchers(e)
-	l, err := newLLQTransport(e, cfg.listen)
+	ln, err := bind(cfg.listen)
 	if err != nil {
 		e.sched.close()
+		return nil, err
+	}
+	e.metrics = newListenerMetrics(listenerLabel(cfg.listen, ln.udp.LocalAddr()))
+	e.changes = newChangeQueue(e)
+	e.watch = newWatchers(e)
+	l, err := newLLQTransport(e, ln)
+	if err != nil {
+		ln.close()
+		e.sched.close()
 		e.changes.close() // its worker started with it
+		e.metrics.forget()
 		return nil, err
 	}
 	e.llq = l
@@ -66,11 +75,12 @@ func newEngine(cfg *config) (*Engine, error) {
 			l.ln.close()
 			e.sched.close()
 			e.changes.close()
+			e.metrics.forget()
 			return nil, err
 		}
 	}
 	e.watch.start()
-	publishLimits(cfg)
+	e.metrics.publishLimits(cfg)
 	return e, nil
 }
 
@@ -87,12 +97,10 @@ func (e *Engine) close() {
 	e.llq.closeState() // a clean shutdown writes the table
 	e.mu.Lock()
 	e.llq.forget()
-	topics := len(e.topics)
 	e.topics = make(map[topicKey]*topic)
 	e.questions = make(map[questionKey]int)
 	e.mu.Unlock()
-	// Gauges are shared by every engine in the process: subtract ours.
-	topicsGauge.Sub(float64(topics))
+	e.metrics.forget()
 }
 
 // reconfigure applies a reloaded Corefile's settings. Live LLQs keep their
@@ -105,7 +113,7 @@ func (e *Engine) reconfigure(cfg *config) {
 	e.mu.Lock()
 	e.llq.rekey(cfg.clientBits)
 	e.mu.Unlock()
-	publishLimits(cfg)
+	e.metrics.publishLimits(cfg)
 	e.watch.armPoll()
 	e.llq.reconfigureState(cfg)
 	p := e.pushTransport()
@@ -316,7 +324,7 @@ func (e *Engine) join(s subscriber, tr transport, j *joining) []dns.RR {
 		t.noteTargets()
 		e.topics[j.key] = t
 		e.questions[j.key.questionKey]++
-		topicsGauge.Inc()
+		e.metrics.topics.Inc()
 	}
 	s.base().topic = t
 	t.add(s, tr)
@@ -349,7 +357,7 @@ func (e *Engine) leave(s subscriber, tr transport) bool {
 		} else {
 			e.questions[q]--
 		}
-		topicsGauge.Dec()
+		e.metrics.topics.Dec()
 		e.sched.cancel(&t.retry)
 	}
 	return true

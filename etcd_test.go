@@ -108,7 +108,7 @@ func TestEtcdChangeScope(t *testing.T) {
 		env.establish(t, c.addr, 1232, question(name, dns.TypeA), 3600)
 	}
 	w := &etcdWatch{e: env.e, prefix: "/skydns/", zones: []string{testZone}}
-	resolved := track(t, resolutions.WithLabelValues("etcd"))
+	resolved := track(t, env.e.metrics.resolutions.WithLabelValues("etcd"))
 	ch, ok := w.change("/skydns/org/example/www/x1")
 	if !ok {
 		t.Fatal("no change for a key in the zone")
@@ -131,7 +131,7 @@ func TestEtcdChangeScope(t *testing.T) {
 func TestEtcdConsume(t *testing.T) {
 	env := newTestEnv(t, nil)
 	w := &etcdWatch{e: env.e, prefix: "/skydns/", zones: []string{testZone}}
-	changes := track(t, triggerChanges.WithLabelValues("etcd"))
+	changes := track(t, env.e.metrics.triggerChanges.WithLabelValues("etcd"))
 
 	ch := make(chan clientv3.WatchResponse, 4)
 	ch <- clientv3.WatchResponse{Header: &pb.ResponseHeader{Revision: 10}, Created: true}

@@ -35,8 +35,8 @@ func TestUnprovenEventPortBounded(t *testing.T) {
 	// every retransmission of this change is behind us.
 	marker := newUDPClient(t)
 	env.establish(t, marker.addr, 1232, question(names[0], dns.TypeA), 3600)
-	dropped := track(t, droppedSilent)
-	retrans := track(t, retransmissions)
+	dropped := track(t, env.e.metrics.droppedSilent)
+	retrans := track(t, env.e.metrics.retransmissions)
 
 	swapZone(t, env.zone, withRecords(after...))
 	env.changed()

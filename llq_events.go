@@ -322,9 +322,9 @@ func (l *llqTransport) send(ds []delivery, kind string) {
 	clear(sc.bufs[:])
 	scratchPool.Put(sc)
 	if kind == "retransmit" {
-		retransmissions.Add(float64(sent))
+		l.e.metrics.retransmissions.Add(float64(sent))
 	} else {
-		eventsSent.Add(float64(sent))
+		l.e.metrics.eventsSent.Add(float64(sent))
 	}
 }
 
@@ -360,7 +360,7 @@ func (l *llqTransport) retransmitLocked(ev *event, now time.Time) (delivery, boo
 	ev.tries++
 	if ev.tries >= l.e.config().attempts {
 		l.drop(s)
-		droppedSilent.Inc()
+		l.e.metrics.droppedSilent.Inc()
 		log.Debugf("dropped LLQ %x of %s: %d events unacknowledged", s.id, s.client, ev.tries)
 		return delivery{}, false
 	}
@@ -423,7 +423,7 @@ func (l *llqTransport) acknowledge(msgID uint16, llqID uint64, src netip.AddrPor
 	tr := &s.pending[i]
 	if !tr.acked {
 		tr.acked = true
-		acks.Inc()
+		l.e.metrics.acks.Inc()
 	}
 	ev := tr.ev
 	stale := false

@@ -67,8 +67,8 @@ func TestEvent(t *testing.T) {
 	env := newTestEnv(t, nil)
 	c := newUDPClient(t)
 	id, _ := env.establish(t, c.addr, 1232, qWWW, 3600)
-	sent := track(t, eventsSent)
-	acked := track(t, acks)
+	sent := track(t, env.e.metrics.eventsSent)
+	acked := track(t, env.e.metrics.acks)
 
 	swapZone(t, env.zone, eventZone)
 	env.changed()
@@ -112,7 +112,7 @@ func TestEvent(t *testing.T) {
 	// serial and an unrelated record differ, and TTLs do not count.
 	swapZone(t, env.zone, eventZone+"other IN A 192.0.2.99\nwww 60 IN A 192.0.2.1\n")
 	env.changed()
-	eventually(t, "the re-resolution", func() bool { return metric(t, resolutions.WithLabelValues("test")) > 0 }, wait)
+	eventually(t, "the re-resolution", func() bool { return metric(t, env.e.metrics.resolutions.WithLabelValues("test")) > 0 }, wait)
 	if m, ok := c.quiet(200 * time.Millisecond); !ok {
 		t.Fatalf("a change that leaves the answers alone sent %v", m)
 	}
@@ -155,7 +155,7 @@ func TestEventAckStopsRetransmission(t *testing.T) {
 	env := newTestEnv(t, func(c *config) { c.retransmit, c.attempts = 50*time.Millisecond, 3 })
 	c := newUDPClient(t)
 	id, _ := env.establish(t, c.addr, 1232, qWWW, 3600)
-	again := track(t, retransmissions)
+	again := track(t, env.e.metrics.retransmissions)
 
 	swapZone(t, env.zone, eventZone)
 	env.changed()
@@ -175,8 +175,8 @@ func TestEventRetransmitThenDrop(t *testing.T) {
 	env := newTestEnv(t, func(c *config) { c.retransmit, c.attempts = 50*time.Millisecond, 3 })
 	c := newUDPClient(t)
 	id, _ := env.establish(t, c.addr, 1232, qWWW, 3600)
-	again := track(t, retransmissions)
-	dropped := track(t, droppedSilent)
+	again := track(t, env.e.metrics.retransmissions)
+	dropped := track(t, env.e.metrics.droppedSilent)
 
 	swapZone(t, env.zone, eventZone)
 	env.changed()
@@ -235,7 +235,7 @@ func TestStaleAckConverges(t *testing.T) {
 	env := newTestEnv(t, func(c *config) { c.retransmit = time.Minute })
 	c := newUDPClient(t)
 	id, _ := env.establish(t, c.addr, 1232, qWWW, 3600)
-	acked := track(t, acks)
+	acked := track(t, env.e.metrics.acks)
 
 	swapZone(t, env.zone, eventZone) // E1: +.3 -.2
 	env.changed()
@@ -301,7 +301,7 @@ func TestAckFromElsewhereIgnored(t *testing.T) {
 	env := newTestEnv(t, func(c *config) { c.retransmit = time.Minute })
 	c := newUDPClient(t)
 	id, _ := env.establish(t, c.addr, 1232, qWWW, 3600)
-	acked := track(t, acks)
+	acked := track(t, env.e.metrics.acks)
 	swapZone(t, env.zone, eventZone)
 	env.changed()
 	ev, _ := c.read(t, wait)
@@ -365,7 +365,7 @@ func TestEventFanOut(t *testing.T) {
 	if st := env.e.Stats(); st.Topics != 1 || st.LLQs != 3 {
 		t.Fatalf("stats %+v", st)
 	}
-	resolved := track(t, resolutions.WithLabelValues("test"))
+	resolved := track(t, env.e.metrics.resolutions.WithLabelValues("test"))
 	swapZone(t, env.zone, eventZone)
 	env.changed()
 	for i, c := range clients {
@@ -381,8 +381,8 @@ func TestEventFanOut(t *testing.T) {
 // The file-zone watcher notices a tree swap by itself: no mark.
 func TestZoneProbeTriggersEvent(t *testing.T) {
 	env := newTestEnv(t, nil)
-	changes := track(t, triggerChanges.WithLabelValues("file"))
-	resolved := track(t, resolutions.WithLabelValues("file"))
+	changes := track(t, env.e.metrics.triggerChanges.WithLabelValues("file"))
+	resolved := track(t, env.e.metrics.resolutions.WithLabelValues("file"))
 	c := newUDPClient(t)
 	id, _ := env.establish(t, c.addr, 1232, qWWW, 3600)
 	env.e.watch.add(zoneProbe{owner: env.owner, trigger: "file", zones: staticZones(fileZones(env.zone))})

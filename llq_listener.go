@@ -36,7 +36,10 @@ type listener struct {
 	open   map[net.Conn]struct{}
 }
 
-func listen(addr string, lt *llqTransport) (*listener, error) {
+// bind opens the listener's sockets; serve starts reading them. Between
+// the two the engine learns the port (for its metrics) and restores its
+// state file, before any client is read.
+func bind(addr string) (*listener, error) {
 	ua, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return nil, err
@@ -47,7 +50,7 @@ func listen(addr string, lt *llqTransport) (*listener, error) {
 	}
 	_ = udp.SetReadBuffer(4 << 20)
 	_ = udp.SetWriteBuffer(4 << 20)
-	l := &listener{llq: lt, udp: udp, tcp: tcp, gate: newConnGate(), stop: make(chan struct{}), asides: make(chan struct{}, maxSetupsAside), open: make(map[net.Conn]struct{})}
+	l := &listener{udp: udp, tcp: tcp, stop: make(chan struct{}), asides: make(chan struct{}, maxSetupsAside), open: make(map[net.Conn]struct{})}
 	// Go opens an AF_INET socket only for a specific IPv4 address; a
 	// wildcard, even 0.0.0.0, gets a dual-stack AF_INET6 one, whose local
 	// address then reads [::].
@@ -57,13 +60,18 @@ func listen(addr string, lt *llqTransport) (*listener, error) {
 		l.v6 = true
 		l.batch = ipv6.NewPacketConn(udp)
 	}
+	return l, nil
+}
+
+func (l *listener) serve(lt *llqTransport) {
+	l.llq = lt
+	l.gate = newConnGate(lt.e.metrics)
 	readers := runtime.GOMAXPROCS(0)
 	l.wg.Add(readers + 1)
 	for range readers {
 		go l.serveUDP()
 	}
 	go l.serveTCP()
-	return l, nil
 }
 
 // bindPair binds UDP and then TCP on the same port. With port 0 the port
@@ -200,9 +208,6 @@ func (l *listener) serveUDP() {
 // unanswered challenge response, tries again.
 const maxSetupsAside = 64
 
-var setupsDropped = counter("setups_dropped_total",
-	"Challenge responses dropped because maxSetupsAside setups were being resolved already.")
-
 // challengeResponse reports whether b is a request with an LLQ setup option
 // carrying an ID: the second half of the UDP handshake. Acks (responses)
 // are told apart on their first bytes.
@@ -249,7 +254,7 @@ func (l *listener) setupAside(b []byte, src netip.AddrPort) {
 	select {
 	case l.asides <- struct{}{}:
 	default:
-		setupsDropped.Inc()
+		l.llq.e.metrics.setupsDropped.Inc()
 		return
 	}
 	b = slices.Clone(b) // the reader's buffer is reused
@@ -266,7 +271,7 @@ func (l *listener) setupAside(b []byte, src netip.AddrPort) {
 
 func (l *listener) serveTCP() {
 	defer l.wg.Done()
-	acceptLoop(l.tcp, l.stop, func(c net.Conn) {
+	acceptLoop(l.tcp, l.stop, l.llq.e.metrics, func(c net.Conn) {
 		src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 		cfg := l.llq.e.config()
@@ -324,9 +329,9 @@ func (l *listener) serveConn(c net.Conn, src netip.AddrPort, client netip.Prefix
 			}
 			switch {
 			case timeout:
-				connsClosed.WithLabelValues("idle").Inc()
+				l.llq.e.metrics.connsClosed.WithLabelValues("idle").Inc()
 			case errors.Is(err, errReadBuffers):
-				connsClosed.WithLabelValues("read-buffers").Inc()
+				l.llq.e.metrics.connsClosed.WithLabelValues("read-buffers").Inc()
 			}
 			return
 		}

@@ -32,7 +32,7 @@ func TestListenerUDP(t *testing.T) {
 
 	// Events come from the listener's address, and acks sent back there
 	// are matched.
-	acked := track(t, acks)
+	acked := track(t, env.e.metrics.acks)
 	swapZone(t, env.zone, eventZone)
 	env.changed()
 	buf := make([]byte, 2048)

@@ -65,7 +65,7 @@ func (l *llqTransport) serveThen(b []byte, src netip.AddrPort, tcp bool) (packed
 	if optCount(m) > 1 {
 		// RFC 6891 section 6.1.1: more than one OPT record is FORMERR.
 		reply.Rcode = dns.RcodeFormatError
-		errorsSent.WithLabelValues("FORMERR").Inc()
+		l.e.metrics.errorsSent.WithLabelValues("FORMERR").Inc()
 		return pack(reply), nil
 	}
 	opt := m.IsEdns0()
@@ -80,7 +80,7 @@ func (l *llqTransport) serveThen(b []byte, src netip.AddrPort, tcp bool) (packed
 	if opt.Version() != 0 {
 		reply.Rcode = dns.RcodeBadVers
 		wire.SetOptions(reply, udpSize)
-		errorsSent.WithLabelValues("BADVERS").Inc()
+		l.e.metrics.errorsSent.WithLabelValues("BADVERS").Inc()
 		return pack(reply), nil
 	}
 	if wire.CheckLengths(b) != nil || len(opts) != len(m.Question) {
@@ -93,7 +93,7 @@ func (l *llqTransport) serveThen(b []byte, src netip.AddrPort, tcp bool) (packed
 			if i < len(opts) {
 				out[i].Opcode, out[i].Id = opts[i].Opcode, opts[i].Id
 			}
-			countError(wire.FormatErr)
+			l.countError(wire.FormatErr)
 		}
 		wire.SetOptions(reply, udpSize, out...)
 		return pack(reply), nil
@@ -105,7 +105,7 @@ func (l *llqTransport) serveThen(b []byte, src netip.AddrPort, tcp bool) (packed
 			// no answer to subscribe to. Refused before any challenge,
 			// so that no state and no challenge is spent on it.
 			reply.Rcode = dns.RcodeRefused
-			setups.WithLabelValues("refused").Inc()
+			l.e.metrics.setups.WithLabelValues("refused").Inc()
 			return pack(reply), nil
 		}
 	}
@@ -129,7 +129,7 @@ func (l *llqTransport) serveThen(b []byte, src netip.AddrPort, tcp bool) (packed
 			parts = append(parts, part{out[i].Id, len(reply.Answer), len(reply.Answer) + len(answers)})
 		}
 		reply.Answer = append(reply.Answer, answers...)
-		countError(out[i].Error)
+		l.countError(out[i].Error)
 	}
 	if refused {
 		// CoreDNS's port would not have had llq's block answer this
@@ -246,7 +246,7 @@ func (l *llqTransport) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.Addr
 		}
 		l.e.mu.Unlock()
 		if b == nil {
-			setups.WithLabelValues("static").Inc()
+			l.e.metrics.setups.WithLabelValues("static").Inc()
 			return fail(wire.Static, 0)
 		}
 		lease := cfg.clampLease(o.LeaseLife)
@@ -267,12 +267,12 @@ func (l *llqTransport) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.Addr
 					// only: no LLQ was about to be created.
 					return fail(full.code, full.lease)
 				}
-				setups.WithLabelValues("challenged").Inc()
+				l.e.metrics.setups.WithLabelValues("challenged").Inc()
 				return wire.NewOption(wire.OpSetup, wire.NoError, l.chal.issue(now, src, q), lease), nil
 			}
 			id = l.chal.issue(now, client, q)
 		} else if !exists && (tcp || !l.chal.valid(id, now, time.Duration(lease)*time.Second, src, q)) {
-			setups.WithLabelValues("bad-challenge").Inc()
+			l.e.metrics.setups.WithLabelValues("bad-challenge").Inc()
 			return fail(wire.NoSuchLLQ, 0)
 		}
 		// A UDP setup's challenge response came from the event port; a
@@ -280,10 +280,10 @@ func (l *llqTransport) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.Addr
 		answers, granted, err := l.establish(id, q, client, !tcp, lease, udpSize, now)
 		if err != nil {
 			if err.limit {
-				setups.WithLabelValues("serv-full").Inc()
+				l.e.metrics.setups.WithLabelValues("serv-full").Inc()
 			}
 			if err.rcode == dns.RcodeRefused {
-				setups.WithLabelValues("refused").Inc()
+				l.e.metrics.setups.WithLabelValues("refused").Inc()
 				*refused = true
 			}
 			return fail(err.code, err.lease)
@@ -361,8 +361,8 @@ func formErrHeader(b []byte) []byte {
 	return []byte{b[0], b[1], 0x80 | b[2]&0x78, dns.RcodeFormatError, 0, 0, 0, 0, 0, 0, 0, 0}
 }
 
-func countError(code uint16) {
+func (l *llqTransport) countError(code uint16) {
 	if code != wire.NoError {
-		errorsSent.WithLabelValues(wire.ErrorName(code)).Inc()
+		l.e.metrics.errorsSent.WithLabelValues(wire.ErrorName(code)).Inc()
 	}
 }

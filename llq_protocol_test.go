@@ -32,7 +32,7 @@ var wwwRecords = []string{"www.example.org. 3600 IN A 192.0.2.1", "www.example.o
 
 func TestSetupChallenge(t *testing.T) {
 	env := newTestEnv(t, nil)
-	challenged := track(t, setups.WithLabelValues("challenged"))
+	challenged := track(t, env.e.metrics.setups.WithLabelValues("challenged"))
 	req := packMsg(t, llqMsg(0x1234, 1232, []dns.Question{qWWW}, setupOpt(0, 3600)))
 	r, raw := env.serveRaw(t, req, clientA, false)
 
@@ -112,9 +112,9 @@ func TestDuplicateSetupSameChallenge(t *testing.T) {
 
 func TestChallengeResponseACK(t *testing.T) {
 	env := newTestEnv(t, nil)
-	established := track(t, setups.WithLabelValues("established"))
-	duplicate := track(t, setups.WithLabelValues("duplicate"))
-	live := track(t, liveLLQs)
+	established := track(t, env.e.metrics.setups.WithLabelValues("established"))
+	duplicate := track(t, env.e.metrics.setups.WithLabelValues("duplicate"))
+	live := track(t, env.e.metrics.liveLLQs)
 
 	ch := only(t, env.exchange(t, llqMsg(1, 1232, []dns.Question{qWWW}, setupOpt(0, 3600)), clientA, false))
 	resp := llqMsg(0xBEEF, 1232, []dns.Question{qWWW}, setupOpt(ch.Id, ch.LeaseLife))
@@ -148,8 +148,8 @@ func TestChallengeResponseACK(t *testing.T) {
 
 func TestChallengeResponseRejected(t *testing.T) {
 	env := newTestEnv(t, nil)
-	bad := track(t, setups.WithLabelValues("bad-challenge"))
-	noSuch := track(t, errorsSent.WithLabelValues("NO-SUCH-LLQ"))
+	bad := track(t, env.e.metrics.setups.WithLabelValues("bad-challenge"))
+	noSuch := track(t, env.e.metrics.errorsSent.WithLabelValues("NO-SUCH-LLQ"))
 	ch := only(t, env.exchange(t, llqMsg(1, 1232, []dns.Question{qWWW}, setupOpt(0, 3600)), clientA, false))
 
 	cases := []struct {
@@ -225,7 +225,7 @@ func TestMultipleQuestions(t *testing.T) {
 func TestRefresh(t *testing.T) {
 	env := newTestEnv(t, nil)
 	id, _ := env.establish(t, clientA, 1232, qWWW, 1000)
-	refreshed := track(t, refreshes)
+	refreshed := track(t, env.e.metrics.refreshes)
 
 	for _, tc := range []struct{ asked, granted uint32 }{{3000, 3000}, {100000, 7200}, {10, 900}} {
 		r := env.exchange(t, llqMsg(9, 1232, []dns.Question{qWWW}, refreshOpt(id, tc.asked)), clientA, false)
@@ -275,7 +275,7 @@ func TestTerminate(t *testing.T) {
 	env := newTestEnv(t, nil)
 	id, _ := env.establish(t, clientA, 1232, qWWW, 3600)
 	ns1, _ := env.establish(t, clientA, 1232, qNS1, 3600)
-	terminated := track(t, terminations)
+	terminated := track(t, env.e.metrics.terminations)
 	env.e.mu.Lock()
 	sub := env.e.llq.subs[id]
 	env.e.mu.Unlock()
@@ -413,7 +413,7 @@ func TestBadOpcodes(t *testing.T) {
 
 func TestStatic(t *testing.T) {
 	env := newTestEnv(t, nil)
-	static := track(t, setups.WithLabelValues("static"))
+	static := track(t, env.e.metrics.setups.WithLabelValues("static"))
 	r := env.exchange(t, llqMsg(1, 1232, []dns.Question{qOther}, setupOpt(0, 3600)), clientA, false)
 	if o := only(t, r); o.Error != wire.Static || len(r.Answer) != 0 {
 		t.Fatalf("out-of-zone setup: %v", r)
@@ -425,7 +425,7 @@ func TestStatic(t *testing.T) {
 
 func TestMaxLLQs(t *testing.T) {
 	env := newTestEnv(t, func(c *config) { c.maxLLQs = 1 })
-	full := track(t, limitRejections.WithLabelValues("max-llqs"))
+	full := track(t, env.e.metrics.limitRejections.WithLabelValues("max-llqs"))
 	// B is challenged while there is room; then A takes the only slot.
 	chB := only(t, env.exchange(t, llqMsg(1, 1232, []dns.Question{qNS1}, setupOpt(0, 3600)), clientB, false))
 	env.establish(t, clientA, 1232, qWWW, 3600)
@@ -454,7 +454,7 @@ func TestMaxLLQs(t *testing.T) {
 
 func TestMaxLLQsPerClient(t *testing.T) {
 	env := newTestEnv(t, func(c *config) { c.maxPerClient = 1 })
-	full := track(t, limitRejections.WithLabelValues("max-llqs-per-client"))
+	full := track(t, env.e.metrics.limitRejections.WithLabelValues("max-llqs-per-client"))
 	ch := only(t, env.exchange(t, llqMsg(1, 1232, []dns.Question{qNS1}, setupOpt(0, 3600)), clientA, false))
 	env.establish(t, clientA, 1232, qWWW, 3600)
 
@@ -475,7 +475,7 @@ func TestMaxLLQsPerClient(t *testing.T) {
 
 func TestSetupRate(t *testing.T) {
 	env := newTestEnv(t, func(c *config) { c.setupRate, c.setupBurst = 0.5, 1 })
-	limited := track(t, limitRejections.WithLabelValues("setup-rate"))
+	limited := track(t, env.e.metrics.limitRejections.WithLabelValues("setup-rate"))
 	env.establish(t, clientA, 1232, qWWW, 3600)
 	ch := only(t, env.exchange(t, llqMsg(1, 1232, []dns.Question{qNS1}, setupOpt(0, 3600)), clientA, false))
 	r := env.exchange(t, llqMsg(2, 1232, []dns.Question{qNS1}, setupOpt(ch.Id, 3600)), clientA, false)
@@ -618,7 +618,7 @@ func TestOversizeACKRestAsEvents(t *testing.T) {
 	if ch.Error != wire.NoError {
 		t.Fatalf("challenge %v", ch)
 	}
-	acked := track(t, acks)
+	acked := track(t, env.e.metrics.acks)
 	resp := llqMsg(2, 512, []dns.Question{q}, setupOpt(ch.Id, 3600))
 	r, raw := env.serveRaw(t, packMsg(t, resp), c.addr, false)
 	if r.Truncated || len(r.Answer) == 0 {
@@ -664,8 +664,8 @@ func sortedStrings(s []string) []string {
 
 func TestLeaseExpiry(t *testing.T) {
 	env := newTestEnv(t, func(c *config) { c.minLease, c.maxLease = time.Second, time.Second })
-	expired := track(t, expirations)
-	live := track(t, liveLLQs)
+	expired := track(t, env.e.metrics.expirations)
+	live := track(t, env.e.metrics.liveLLQs)
 	id, ack := env.establish(t, clientA, 1232, qWWW, 3600)
 	if o := only(t, ack); o.LeaseLife != 1 {
 		t.Fatalf("granted %d, want 1", o.LeaseLife)
@@ -690,7 +690,7 @@ func TestRefreshPostponesExpiry(t *testing.T) {
 		t.Fatalf("refresh: %v", o)
 	}
 	// The old expiry time passes; the LLQ stays.
-	expired := track(t, expirations)
+	expired := track(t, env.e.metrics.expirations)
 	time.Sleep(1500 * time.Millisecond)
 	if st := env.e.Stats(); st.LLQs != 1 || expired.moved(t) != 0 {
 		t.Fatalf("refreshed LLQ expired at its old lease: %+v", st)
@@ -700,7 +700,7 @@ func TestRefreshPostponesExpiry(t *testing.T) {
 func TestErrorMetrics(t *testing.T) {
 	env := newTestEnv(t, nil)
 	for _, code := range []uint16{wire.Static, wire.FormatErr, wire.NoSuchLLQ, wire.BadVers} {
-		d := track(t, errorsSent.WithLabelValues(wire.ErrorName(code)))
+		d := track(t, env.e.metrics.errorsSent.WithLabelValues(wire.ErrorName(code)))
 		var m *dns.Msg
 		switch code {
 		case wire.Static:
@@ -721,7 +721,7 @@ func TestErrorMetrics(t *testing.T) {
 			t.Errorf("errors_total{%s} moved %v", wire.ErrorName(code), d.moved(t))
 		}
 	}
-	d := track(t, errorsSent.WithLabelValues("BADVERS"))
+	d := track(t, env.e.metrics.errorsSent.WithLabelValues("BADVERS"))
 	m := llqMsg(1, 1232, []dns.Question{qWWW}, setupOpt(0, 3600))
 	m.IsEdns0().SetVersion(3)
 	env.exchange(t, m, clientA, false)

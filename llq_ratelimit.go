@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // setupLimiter rate-limits LLQ creation per client (see clientBits) with
@@ -25,10 +27,8 @@ type setupLimiter struct {
 	nextSweep time.Time
 	seed      maphash.Seed
 	overflow  [overflowBuckets]bucket
+	shared    prometheus.Counter // setups limited in an overflow bucket
 }
-
-var setupRateOverflow = counter("setup_rate_shared_total",
-	"Setups rate-limited in a shared hashed bucket because more clients were being limited at once than have a bucket of their own.")
 
 const (
 	exactBuckets    = 1 << 15
@@ -43,8 +43,8 @@ type bucket struct {
 	last   time.Time
 }
 
-func newSetupLimiter() *setupLimiter {
-	return &setupLimiter{exact: make(map[netip.Prefix]*bucket), seed: maphash.MakeSeed()}
+func newSetupLimiter(shared prometheus.Counter) *setupLimiter {
+	return &setupLimiter{exact: make(map[netip.Prefix]*bucket), seed: maphash.MakeSeed(), shared: shared}
 }
 
 // allow takes one token for client. When none is left it returns how long
@@ -91,7 +91,7 @@ func (l *setupLimiter) bucketFor(client netip.Prefix, now time.Time, rate float6
 		l.exact[client] = b
 		return b
 	}
-	setupRateOverflow.Inc()
+	l.shared.Inc()
 	a := client.Addr().As16()
 	h := maphash.Bytes(l.seed, append(a[:], byte(client.Bits())))
 	return &l.overflow[h%overflowBuckets]

@@ -7,7 +7,7 @@ import (
 )
 
 func TestSetupLimiterBurstAndRefill(t *testing.T) {
-	l := newSetupLimiter()
+	l := newSetupLimiter(setupRateShared.WithLabelValues(t.Name()))
 	pa := defaultClientBits.key(netip.MustParseAddr("192.0.2.1"))
 	now := time.Unix(1_800_000_000, 0)
 
@@ -43,7 +43,7 @@ func TestSetupLimiterBurstAndRefill(t *testing.T) {
 }
 
 func TestSetupLimiterUnlimited(t *testing.T) {
-	l := newSetupLimiter()
+	l := newSetupLimiter(setupRateShared.WithLabelValues(t.Name()))
 	pa := defaultClientBits.key(netip.MustParseAddr("192.0.2.1"))
 	for i := 0; i < 1000; i++ {
 		if ok, wait := l.allow(pa, time.Unix(0, 0), 0, 0); !ok || wait != 0 {
@@ -56,7 +56,7 @@ func TestSetupLimiterUnlimited(t *testing.T) {
 // until more clients are being limited at once than there are buckets;
 // a client that has refilled its bucket makes room.
 func TestSetupLimiterPerClient(t *testing.T) {
-	l := newSetupLimiter()
+	l := newSetupLimiter(setupRateShared.WithLabelValues(t.Name()))
 	now := time.Unix(1_800_000_000, 0)
 	client := func(i int) netip.Prefix {
 		return defaultClientBits.key(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}))
@@ -71,7 +71,7 @@ func TestSetupLimiterPerClient(t *testing.T) {
 			t.Fatalf("client %d set up twice with a burst of 1", i)
 		}
 	}
-	shared := track(t, setupRateOverflow)
+	shared := track(t, l.shared)
 	l.allow(client(exactBuckets), now, 1, 1)
 	if shared.moved(t) != 1 {
 		t.Fatalf("a client beyond the exact buckets was not counted as shared")
@@ -89,7 +89,7 @@ func TestSetupLimiterPerClient(t *testing.T) {
 
 // An IPv6 client is its /64: new addresses in it share its budget.
 func TestSetupLimiterIPv6Prefix(t *testing.T) {
-	l := newSetupLimiter()
+	l := newSetupLimiter(setupRateShared.WithLabelValues(t.Name()))
 	now := time.Unix(1_800_000_000, 0)
 	a := netip.MustParseAddr("2001:db8:0:1::1")
 	if ok, _ := l.allow(defaultClientBits.key(a), now, 1, 1); !ok {

@@ -81,7 +81,7 @@ func (l *llqTransport) openState(cfg *config, now time.Time) ([]*event, error) {
 		evs = l.restore(snap, now)
 	}
 	stateFiles.m[path] = l
-	l.state = newStateKeeper(l, path, key, cfg.stateEvery)
+	l.state = newStateKeeper(l, path, key, cfg.stateEvery, l.e.metrics)
 	return evs, nil
 }
 
@@ -118,7 +118,7 @@ func (l *llqTransport) openStateFresh(path string, every time.Duration) (*stateK
 		return nil, err
 	}
 	stateFiles.m[path] = l
-	l.state = newStateKeeper(l, path, key, every)
+	l.state = newStateKeeper(l, path, key, every, l.e.metrics)
 	l.state.now()
 	return l.state, nil
 }
@@ -228,7 +228,7 @@ func (l *llqTransport) restore(snap *snapshot, now time.Time) []*event {
 			s.expires = expires
 			e.sched.schedule(&s.expiry, expires)
 			l.restored = append(l.restored, s)
-			liveLLQs.Inc()
+			l.e.metrics.liveLLQs.Inc()
 			restored++
 			if len(sl.unsettled) > 0 {
 				evs = append(evs, l.unsettledEvents(s, sl.unsettled)...)
@@ -236,9 +236,9 @@ func (l *llqTransport) restore(snap *snapshot, now time.Time) []*event {
 		}
 	}
 	l.gen++
-	stateRestored.WithLabelValues("restored").Add(float64(restored))
-	stateRestored.WithLabelValues("expired").Add(float64(expired))
-	stateRestored.WithLabelValues("refused").Add(float64(refused))
+	l.e.metrics.stateRestored.WithLabelValues("restored").Add(float64(restored))
+	l.e.metrics.stateRestored.WithLabelValues("expired").Add(float64(expired))
+	l.e.metrics.stateRestored.WithLabelValues("refused").Add(float64(refused))
 	log.Infof("restored %d LLQs on %d topics from the state file (%d expired meanwhile, %d over the limits)",
 		restored, len(e.topics), expired, refused)
 	return evs
@@ -323,7 +323,7 @@ func (l *llqTransport) readmit(subs []*llqSub) {
 			l.drop(s)
 			e.mu.Unlock()
 			log.Infof("restored LLQ %x for %s dropped: %v", s.id, name, err)
-			stateRestored.WithLabelValues("refused").Inc()
+			l.e.metrics.stateRestored.WithLabelValues("refused").Inc()
 			continue
 		}
 		told := s.topic.answers

@@ -26,8 +26,9 @@ type llqTransport struct {
 	restored  []*llqSub    // restored LLQs not yet readmitted (see llq_state.go)
 }
 
-func newLLQTransport(e *Engine, addr string) (*llqTransport, error) {
-	l := &llqTransport{e: e, chal: newChallenger(), limiter: newSetupLimiter(), bits: e.config().clientBits}
+// newLLQTransport serves LLQ on ln, a listener bound and not yet serving.
+func newLLQTransport(e *Engine, ln *listener) (*llqTransport, error) {
+	l := &llqTransport{e: e, chal: newChallenger(), limiter: newSetupLimiter(e.metrics.setupRateShared), bits: e.config().clientBits}
 	l.reset()
 	// The state file's LLQs are in the table before the listener serves.
 	now := time.Now()
@@ -35,15 +36,8 @@ func newLLQTransport(e *Engine, addr string) (*llqTransport, error) {
 	if err != nil {
 		return nil, err
 	}
-	ln, err := listen(addr, l)
-	if err != nil {
-		l.closeState()
-		e.mu.Lock()
-		l.forget()
-		e.mu.Unlock()
-		return nil, err
-	}
 	l.ln = ln
+	ln.serve(l)
 	l.restateRestored(restated, now)
 	return l, nil
 }
@@ -70,8 +64,7 @@ func (l *llqTransport) rekey(bits clientBits) {
 // forget drops every LLQ at once, when the engine closes. Call with e.mu
 // held, after the timers have stopped.
 func (l *llqTransport) forget() {
-	// Gauges are shared by every engine in the process: subtract ours.
-	liveLLQs.Sub(float64(len(l.subs)))
+	l.e.metrics.liveLLQs.Sub(float64(len(l.subs)))
 	l.reset()
 }
 
@@ -152,11 +145,11 @@ type setupError struct {
 func (l *llqTransport) admit(addr netip.Addr) *setupError {
 	cfg := l.e.config()
 	if cfg.maxLLQs > 0 && len(l.subs) >= cfg.maxLLQs {
-		limitRejections.WithLabelValues("max-llqs").Inc()
+		l.e.metrics.limitRejections.WithLabelValues("max-llqs").Inc()
 		return &setupError{code: wire.ServFull, lease: uint32(cfg.fullRetryAfter / time.Second), limit: true}
 	}
 	if cfg.maxPerClient > 0 && l.perClient[l.bits.key(addr)] >= cfg.maxPerClient {
-		limitRejections.WithLabelValues("max-llqs-per-client").Inc()
+		l.e.metrics.limitRejections.WithLabelValues("max-llqs-per-client").Inc()
 		return &setupError{code: wire.ServFull, lease: uint32(cfg.fullRetryAfter / time.Second), limit: true}
 	}
 	return nil
@@ -182,7 +175,7 @@ func (l *llqTransport) establish(id uint64, q dns.Question, client netip.AddrPor
 		if s.topic.key.questionKey != keyOf(q) {
 			return nil, 0, &setupError{code: wire.NoSuchLLQ}
 		}
-		setups.WithLabelValues("duplicate").Inc()
+		l.e.metrics.setups.WithLabelValues("duplicate").Inc()
 		return s.topic.records(), s.remaining(now), nil
 	}
 	if err := l.admit(client.Addr()); err != nil {
@@ -197,7 +190,7 @@ func (l *llqTransport) establish(id uint64, q dns.Question, client netip.AddrPor
 		return nil, 0, &setupError{code: wire.Static}
 	}
 	if ok, wait := l.limiter.allow(cfg.clientBits.key(client.Addr()), now, cfg.setupRate, cfg.setupBurst); !ok {
-		limitRejections.WithLabelValues("setup-rate").Inc()
+		l.e.metrics.limitRejections.WithLabelValues("setup-rate").Inc()
 		return nil, 0, &setupError{code: wire.ServFull, lease: uint32(wait/time.Second) + 1, limit: true}
 	}
 	// Admission through the CoreDNS server (see joining.resolve): a client
@@ -226,8 +219,8 @@ func (l *llqTransport) establish(id uint64, q dns.Question, client netip.AddrPor
 	l.perClient[l.bits.key(client.Addr())]++
 	l.grant(s, lease, now)
 	l.gen++
-	liveLLQs.Inc()
-	setups.WithLabelValues("established").Inc()
+	l.e.metrics.liveLLQs.Inc()
+	l.e.metrics.setups.WithLabelValues("established").Inc()
 	return answers, lease, nil
 }
 
@@ -250,7 +243,7 @@ func (l *llqTransport) refresh(id uint64, q dns.Question, client netip.AddrPort,
 	}
 	if lease == 0 {
 		l.drop(s)
-		terminations.Inc()
+		l.e.metrics.terminations.Inc()
 		return 0, nil
 	}
 	// Events follow the client to the port its latest refresh came from:
@@ -268,7 +261,7 @@ func (l *llqTransport) refresh(id uint64, q dns.Question, client netip.AddrPort,
 	granted := e.config().clampLease(lease)
 	l.grant(s, granted, now)
 	l.gen++
-	refreshes.Inc()
+	l.e.metrics.refreshes.Inc()
 	return granted, nil
 }
 
@@ -304,7 +297,7 @@ func (l *llqTransport) drop(s *llqSub) {
 		s.pending = nil
 		s.held = nil
 		l.e.sched.cancel(&s.expiry)
-		liveLLQs.Dec()
+		l.e.metrics.liveLLQs.Dec()
 	}
 }
 
@@ -315,7 +308,7 @@ func (l *llqTransport) expire(s *llqSub) {
 		return
 	}
 	l.drop(s)
-	expirations.Inc()
+	l.e.metrics.expirations.Inc()
 }
 
 // changed implements transport: it queues events for the LLQs of t and

@@ -42,7 +42,7 @@ type session struct {
 func newSession(p *pushTransport, c net.Conn, addr netip.AddrPort) *session {
 	s := &session{p: p, conn: c, addr: addr,
 		subs: make(map[uint16]*pushSub), byKey: make(map[questionKey]*pushSub), stated: make(map[string]int)}
-	s.out.init()
+	s.out.init(p.e.metrics)
 	return s
 }
 
@@ -83,7 +83,7 @@ func (s *session) serve(handshakeTimeout time.Duration) {
 		s.conn.Close()
 		s.end()
 		s.p.forget(s)
-		sessionsEnded.WithLabelValues(why).Inc()
+		s.p.e.metrics.sessionsEnded.WithLabelValues(why).Inc()
 	}()
 	tc := tls.Server(s.conn, s.p.conf.Load())
 	if err := handshake(tc, handshakeTimeout); err != nil {
@@ -276,16 +276,16 @@ func (s *session) subscribe(m dso.Message, t dso.TLV) bool {
 	j := e.prepare(q, s.addr, all)
 	e.mu.Unlock()
 	if full != "" {
-		limitRejections.WithLabelValues(full).Inc()
+		s.p.e.metrics.limitRejections.WithLabelValues(full).Inc()
 		s.out.response(m.ID, dns.RcodeServerFailure, retry)
-		subscribes.WithLabelValues("servfail").Inc()
+		s.p.e.metrics.subscribes.WithLabelValues("servfail").Inc()
 		return true
 	}
 	if j.b == nil {
 		// Outside every served zone (section 6.2.2). A name inside one
 		// that does not exist yet is fine: its records may come.
 		s.respond(m.ID, dns.RcodeNotAuth)
-		subscribes.WithLabelValues("notauth").Inc()
+		s.p.e.metrics.subscribes.WithLabelValues("notauth").Inc()
 		return true
 	}
 	switch err := j.resolve(e); err {
@@ -294,11 +294,11 @@ func (s *session) subscribe(m dso.Message, t dso.TLV) bool {
 		// The policy an ordinary query from this client meets on
 		// CoreDNS's port (acl, view) refuses it a subscription too.
 		s.respond(m.ID, dns.RcodeRefused)
-		subscribes.WithLabelValues("refused").Inc()
+		s.p.e.metrics.subscribes.WithLabelValues("refused").Inc()
 		return true
 	default:
 		s.respond(m.ID, dns.RcodeServerFailure)
-		subscribes.WithLabelValues("servfail").Inc()
+		s.p.e.metrics.subscribes.WithLabelValues("servfail").Inc()
 		return true
 	}
 
@@ -306,7 +306,7 @@ func (s *session) subscribe(m dso.Message, t dso.TLV) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if cfg.maxPushSubs > 0 && p.subs >= cfg.maxPushSubs { // others got in meanwhile
-		limitRejections.WithLabelValues("max-subscriptions").Inc()
+		s.p.e.metrics.limitRejections.WithLabelValues("max-subscriptions").Inc()
 		s.out.response(m.ID, dns.RcodeServerFailure, retry)
 		return true
 	}
@@ -315,8 +315,8 @@ func (s *session) subscribe(m dso.Message, t dso.TLV) bool {
 	s.subs[m.ID] = sub
 	s.byKey[key] = sub
 	p.subs++
-	pushSubsGauge.Inc()
-	subscribes.WithLabelValues("subscribed").Inc()
+	s.p.e.metrics.pushSubs.Inc()
+	s.p.e.metrics.subscribes.WithLabelValues("subscribed").Inc()
 	// Queued under the engine lock, so that no change can be pushed
 	// between the response and the initial answers (section 6.2.2).
 	s.out.response(m.ID, dns.RcodeSuccess, 0)
@@ -376,7 +376,7 @@ func (s *session) drop(sub *pushSub) {
 		delete(s.subs, sub.id)
 		delete(s.byKey, key)
 		p.subs--
-		pushSubsGauge.Dec()
+		s.p.e.metrics.pushSubs.Dec()
 	}
 }
 
@@ -395,7 +395,7 @@ func (s *session) end() {
 // truth.
 func (s *session) reconfirm(rr dns.RR) {
 	name := strings.ToLower(dns.Fqdn(rr.Header().Name))
-	reconfirms.Inc()
+	s.p.e.metrics.reconfirms.Inc()
 	s.p.e.changes.mark(change{trigger: "reconfirm", zone: name, affects: func(n string) bool { return n == name }})
 }
 
@@ -420,6 +420,6 @@ func (s *session) kick() { s.out.kick() }
 // retry ends the session with a Retry Delay (RFC 8490 section 7.2): the
 // client is to close and stay away ms milliseconds.
 func (s *session) retry(rcode int, ms uint32, why string) {
-	retryDelays.WithLabelValues(why).Inc()
+	s.p.e.metrics.retryDelays.WithLabelValues(why).Inc()
 	s.out.retry(rcode, ms)
 }

@@ -435,7 +435,7 @@ func TestPushSlowReader(t *testing.T) {
 	c := dialPush(t, env, ca)
 	c.subscribe(1, "big.example.org.", dns.TypeTXT)
 	c.response(1)
-	before := metric(t, sessionsEnded.WithLabelValues(endOverflow))
+	before := metric(t, env.e.metrics.sessionsEnded.WithLabelValues(endOverflow))
 	// Each round replaces 400 records of 200 bytes: with nobody reading,
 	// the socket buffers fill and the queue grows past 64 KiB.
 	for i := 0; env.e.Stats().Sessions > 0; i++ {
@@ -450,7 +450,7 @@ func TestPushSlowReader(t *testing.T) {
 			t.Fatal("slow reader never dropped")
 		}
 	}
-	if metric(t, sessionsEnded.WithLabelValues(endOverflow)) != before+1 {
+	if metric(t, env.e.metrics.sessionsEnded.WithLabelValues(endOverflow)) != before+1 {
 		t.Fatal("not counted as a slow reader")
 	}
 }

@@ -117,12 +117,12 @@ func (p *pushTransport) accept() {
 		}
 		s := newSession(p, c, addr)
 		if full != "" {
-			limitRejections.WithLabelValues(full).Inc()
+			p.e.metrics.limitRejections.WithLabelValues(full).Inc()
 			s.refuse = true
 		}
 		p.sessions[s] = struct{}{}
 		p.perClient[addr.Addr()]++
-		sessionsGauge.Inc()
+		p.e.metrics.sessions.Inc()
 		p.wg.Add(1)
 		p.mu.Unlock()
 		go s.serve(cfg.handshakeTimeout)
@@ -140,7 +140,7 @@ func (p *pushTransport) forget(s *session) {
 		p.perClient[a]--
 	}
 	p.mu.Unlock()
-	sessionsGauge.Dec()
+	p.e.metrics.sessions.Dec()
 }
 
 // close stops the listener and ends every session with a Retry Delay

@@ -7,6 +7,7 @@ import (
 
 	"github.com/llqdns/llq/dso"
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // outQueue is what waits to be written to a session: whole messages
@@ -26,6 +27,7 @@ type outQueue struct {
 	retryAt  time.Time // once the Retry Delay is out: when the client must have closed
 	wake     chan struct{}
 	done     chan struct{}
+	metrics  *listenerMetrics
 }
 
 type outItem struct {
@@ -38,7 +40,8 @@ type outItem struct {
 // long is gone.
 const writeTimeout = 30 * time.Second
 
-func (q *outQueue) init() {
+func (q *outQueue) init(m *listenerMetrics) {
+	q.metrics = m
 	q.wake = make(chan struct{}, 1)
 	q.done = make(chan struct{})
 }
@@ -66,7 +69,7 @@ func (q *outQueue) push(it outItem, size int) {
 		q.items = q.items[:0]
 		q.bytes = 0
 		q.finalLocked(dns.RcodeServerFailure, dso.Millis(time.Second))
-		retryDelays.WithLabelValues("slow-reader").Inc()
+		q.metrics.retryDelays.WithLabelValues("slow-reader").Inc()
 		if q.conn != nil {
 			// Unblock a write the client is not reading and the read
 			// waiting for it: the session ends within the grace period.
@@ -191,7 +194,7 @@ func (q *outQueue) write() {
 		spare = nil // q.items has it now, even when this round has nothing to write
 		q.mu.Unlock()
 		if len(items) > 0 {
-			batch = encode(batch[:0], items)
+			batch = encode(batch[:0], items, q.metrics.pushesSent)
 			clear(items) // let go of the records
 			spare = items
 			conn.SetWriteDeadline(time.Now().Add(writeTimeout))
@@ -226,7 +229,7 @@ func (q *outQueue) write() {
 // name compression. Adds carry the record's TTL (at least 1: Apple's
 // client does not keep an add with TTL 0); removes are per record
 // (0xFFFFFFFF), the only kind Apple's client understands.
-func encode(dst []byte, items []outItem) []byte {
+func encode(dst []byte, items []outItem, sent prometheus.Counter) []byte {
 	b := builders.Get().(*dso.Builder)
 	defer builders.Put(b)
 	for i := 0; i < len(items); {
@@ -252,7 +255,7 @@ func encode(dst []byte, items []outItem) []byte {
 		}
 		if b.Records() > 0 {
 			dst = append(dst, b.Frame()...)
-			pushesSent.Inc()
+			sent.Inc()
 		}
 	}
 	return dst

@@ -81,7 +81,7 @@ func TestFailedResolutionIsNoRemoval(t *testing.T) {
 
 	for _, mode := range []string{"tc", "servfail", "silent"} {
 		h.set(mode)
-		failed := track(t, resolveFailures)
+		failed := track(t, env.e.metrics.resolveFailures)
 		env.changed()
 		eventually(t, mode+" re-resolution", func() bool { return failed.moved(t) >= 1 }, wait)
 		if m, ok := c.quiet(100 * time.Millisecond); !ok {

@@ -18,9 +18,10 @@ type stateSource interface {
 // set up again), refreshes (a restored LLQ expires when its previous lease
 // would have) and terminations (an LLQ that lives on until its lease ends).
 type stateKeeper struct {
-	src  stateSource
-	path string
-	key  []byte
+	src     stateSource
+	path    string
+	key     []byte
+	metrics *listenerMetrics
 
 	mu       sync.Mutex // serialises writes: the loop's and stop's
 	written  uint64     // generation in the file
@@ -31,9 +32,9 @@ type stateKeeper struct {
 	stopOnce sync.Once
 }
 
-func newStateKeeper(src stateSource, path string, key []byte, every time.Duration) *stateKeeper {
+func newStateKeeper(src stateSource, path string, key []byte, every time.Duration, m *listenerMetrics) *stateKeeper {
 	k := &stateKeeper{
-		src: src, path: path, key: key,
+		src: src, path: path, key: key, metrics: m,
 		every: make(chan time.Duration, 1),
 		kick:  make(chan struct{}, 1),
 		quit:  make(chan struct{}),
@@ -104,14 +105,14 @@ func (k *stateKeeper) write(force bool) error {
 		err = writeAtomic(k.path, data, 0o600)
 	}
 	if err != nil {
-		stateWrites.WithLabelValues("error").Inc()
+		k.metrics.stateWrites.WithLabelValues("error").Inc()
 		log.Errorf("cannot write state file %s: %v", k.path, err)
 		return err
 	}
 	k.written = gen
-	stateWrites.WithLabelValues("ok").Inc()
-	stateWriteSeconds.Observe(time.Since(start).Seconds())
-	stateBytes.Set(float64(len(data)))
-	stateLLQs.Set(float64(snap.llqs()))
+	k.metrics.stateWrites.WithLabelValues("ok").Inc()
+	k.metrics.stateWriteSeconds.Observe(time.Since(start).Seconds())
+	k.metrics.stateBytes.Set(float64(len(data)))
+	k.metrics.stateLLQs.Set(float64(snap.llqs()))
 	return nil
 }

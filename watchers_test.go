@@ -9,7 +9,7 @@ import "testing"
 func TestScanTwoCopiesOfAZone(t *testing.T) {
 	env := newTestEnv(t, nil)
 	a, b := parseZone(t, zoneData), parseZone(t, withRecords("www IN A 192.0.2.1"))
-	marks := track(t, triggerChanges.WithLabelValues("file"))
+	marks := track(t, env.e.metrics.triggerChanges.WithLabelValues("file"))
 	other := &LLQ{Zones: []string{testZone}, cfg: env.owner.cfg}
 	env.e.watch.add(
 		zoneProbe{owner: env.owner, trigger: "file", zones: staticZones(fileZones(a))},

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )
@@ -212,21 +213,30 @@ func (p *corednsProcess) stop() error {
 // the given name/value pairs, as the in-process metric does. A failed
 // scrape counts as -1.
 func (p *corednsProcess) metric(name string, labels ...string) float64 {
-	hc := &http.Client{Timeout: 2 * time.Second}
-	resp, err := hc.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", p.ports.metrics))
+	mfs, err := p.scrape()
 	if err != nil {
 		return -1
 	}
+	return sumSeries(mfs, name, labels...)
+}
+
+// scrape reads the process's /metrics.
+func (p *corednsProcess) scrape() ([]*dto.MetricFamily, error) {
+	hc := &http.Client{Timeout: 2 * time.Second}
+	resp, err := hc.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", p.ports.metrics))
+	if err != nil {
+		return nil, err
+	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return -1
+		return nil, fmt.Errorf("/metrics: %s", resp.Status)
 	}
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	mfs, err := parser.TextToMetricFamilies(resp.Body)
 	if err != nil {
-		return -1
+		return nil, err
 	}
-	return sumSeries(slices.Collect(maps.Values(mfs)), name, labels...)
+	return slices.Collect(maps.Values(mfs)), nil
 }
 
 // process is a child process whose output goes to a log file.
