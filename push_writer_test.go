@@ -18,7 +18,7 @@ func TestOutQueueEmptyWakes(t *testing.T) {
 	srv, cli := net.Pipe()
 	defer cli.Close()
 	var q outQueue
-	q.init()
+	q.init(newListenerMetrics(t.Name()))
 	q.setConn(srv, 0)
 	go q.write()
 
