@@ -38,6 +38,9 @@ var (
 	reconfirms    = counterVec("push_reconfirms_total", "DNS Push RECONFIRM messages.")
 	retryDelays   = counterVec("push_retry_delays_total", "Retry Delays sent to end DNS Push sessions, by reason.", "reason")
 	pushesSent    = counterVec("push_messages_total", "DNS Push PUSH messages sent.")
+	keepalives    = counterVec("push_keepalives_total",
+		"DNS Push Keepalive requests, by whether the client got the timers it asked for or the server's bounds.", "result")
+	privateEvents = counterVec("private_events_total", "LLQ event messages sent on TLS sessions (private LLQs).")
 
 	setups          = counterVec("setups_total", "LLQ setup messages by result.", "result")
 	refreshes       = counterVec("refreshes_total", "LLQ leases refreshed.")
@@ -86,6 +89,8 @@ type listenerMetrics struct {
 	reconfirms                     prometheus.Counter
 	retryDelays                    *prometheus.CounterVec
 	pushesSent                     prometheus.Counter
+	keepalives                     *prometheus.CounterVec
+	privateEvents                  prometheus.Counter
 	setups                         *prometheus.CounterVec
 	refreshes, terminations        prometheus.Counter
 	expirations, eventsSent        prometheus.Counter
@@ -118,6 +123,8 @@ func newListenerMetrics(name string) *listenerMetrics {
 		reconfirms:        reconfirms.With(l),
 		retryDelays:       retryDelays.MustCurryWith(l),
 		pushesSent:        pushesSent.With(l),
+		keepalives:        keepalives.MustCurryWith(l),
+		privateEvents:     privateEvents.With(l),
 		setups:            setups.MustCurryWith(l),
 		refreshes:         refreshes.With(l),
 		terminations:      terminations.With(l),
@@ -193,4 +200,6 @@ func (m *listenerMetrics) publishLimits(c *config) {
 	set("max-subscriptions-per-session", float64(c.maxSubsPerSession))
 	set("max-queued-bytes", float64(c.maxQueued))
 	set("tls-handshake-timeout-seconds", c.handshakeTimeout.Seconds())
+	set("push-inactivity-max-seconds", c.pushInactivity.Seconds())
+	set("push-keepalive-max-seconds", c.pushKeepalive.Seconds())
 }

@@ -33,8 +33,11 @@ type session struct {
 	// The reader's own state.
 	refuse      bool // over a session limit: answer the first request with a Retry Delay
 	established bool // a request got NOERROR (RFC 8490 section 5.1)
-	told        bool // the client has been sent the server's keepalive values
 	idleSince   time.Time
+	told        bool // the client has been sent the timers below
+	// The session's timers (RFC 8490 section 6.2) once told: negotiated
+	// with the client's Keepalive (push_keepalive.go) or the server's own.
+	inactivity, interval time.Duration
 
 	out outQueue // push_writer.go
 }
@@ -97,7 +100,7 @@ func (s *session) serve(handshakeTimeout time.Duration) {
 	s.idleSince = time.Now()
 	var buf []byte
 	for {
-		deadline, idle := s.deadline()
+		deadline, idle := s.deadline(time.Now())
 		tc.SetReadDeadline(deadline)
 		msg, err := dso.ReadMessage(tc, buf, dso.MaxMessageLen)
 		if err != nil {
@@ -131,17 +134,17 @@ func (s *session) serve(handshakeTimeout time.Duration) {
 	}
 }
 
-// deadline is when the client must have sent its next message (RFC 8490
-// section 6.2): within twice the keepalive interval in force, and, while
-// it holds no subscription, within twice the inactivity timeout (at least
-// 5 s) of the last one ending. idle says the second bound is the nearer.
-func (s *session) deadline() (time.Time, bool) {
-	cfg := s.p.e.config()
+// deadline is when, seen at now, the client must have sent its next
+// message (RFC 8490 section 6.2): within twice the keepalive interval in
+// force, and, while it holds no subscription, within twice the inactivity
+// timeout (at least 5 s) of the last one ending. idle says the second
+// bound is the nearer. The timers in force are the session's own once told,
+// the RFC's 15 s defaults before.
+func (s *session) deadline(now time.Time) (time.Time, bool) {
 	interval, inactivity := dso.DefaultTimeout, dso.DefaultTimeout
 	if s.told {
-		interval, inactivity = cfg.pushKeepalive, cfg.pushInactivity
+		interval, inactivity = s.interval, s.inactivity
 	}
-	now := time.Now()
 	at := now.Add(2 * interval)
 	s.p.e.mu.Lock()
 	subs := len(s.subs)
@@ -192,14 +195,22 @@ func (s *session) handle(b []byte) bool {
 		if m.Unidirectional() {
 			return false // only a server sends those
 		}
-		if _, err := dso.ParseKeepalive(primary); err != nil {
+		asked, err := dso.ParseKeepalive(primary)
+		if err != nil {
 			s.respond(m.ID, dns.RcodeFormatError)
 			return false
 		}
-		// The server decides (RFC 8490 section 7.1.1): its own values,
-		// typically longer than a client's defaults.
-		cfg := s.p.e.config()
-		s.out.keepalive(m.ID, dso.Keepalive{Inactivity: dso.Millis(cfg.pushInactivity), Interval: dso.Millis(cfg.pushKeepalive)})
+		// The response states the timers of this session from now on
+		// (RFC 8490 section 7.1.1): what the client asked, within the
+		// server's bounds.
+		var clamped bool
+		s.inactivity, s.interval, clamped = grantKeepalive(s.p.e.config(), asked)
+		result := "granted"
+		if clamped {
+			result = "bounded"
+		}
+		s.p.e.metrics.keepalives.WithLabelValues(result).Inc()
+		s.out.keepalive(m.ID, dso.Keepalive{Inactivity: dso.Millis(s.inactivity), Interval: dso.Millis(s.interval)})
 		s.established, s.told = true, true
 	case dso.TypeSubscribe:
 		if m.Unidirectional() {
@@ -332,7 +343,8 @@ func (s *session) subscribe(m dso.Message, t dso.TLV) bool {
 		// A client that subscribes without a Keepalive of its own (Apple's
 		// does) would otherwise keep the 15 s defaults, under which it
 		// must talk every 15 s: tell it the server's (section 7.1).
-		s.out.keepalive(0, dso.Keepalive{Inactivity: dso.Millis(cfg.pushInactivity), Interval: dso.Millis(cfg.pushKeepalive)})
+		s.inactivity, s.interval = cfg.pushInactivity, cfg.pushKeepalive
+		s.out.keepalive(0, dso.Keepalive{Inactivity: dso.Millis(s.inactivity), Interval: dso.Millis(s.interval)})
 		s.told = true
 	}
 	s.kick()

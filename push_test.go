@@ -12,6 +12,7 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -486,5 +487,108 @@ func TestPushHandshakeTimeout(t *testing.T) {
 	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
 	if _, err := io.ReadAll(conn); err != nil {
 		t.Fatalf("not closed: %v", err)
+	}
+}
+
+func TestGrantKeepalive(t *testing.T) {
+	cfg := defaultConfig() // 1 min inactivity, 1 h interval
+	for _, tc := range []struct {
+		asked                dso.Keepalive
+		inactivity, interval time.Duration
+	}{
+		{dso.Keepalive{Inactivity: 15000, Interval: 15000}, 15 * time.Second, 15 * time.Second},
+		{dso.Keepalive{Inactivity: 0, Interval: 10000}, 0, 10 * time.Second},
+		{dso.Keepalive{Inactivity: 1000, Interval: 5000}, time.Second, dso.MinKeepaliveInterval}, // below the RFC's floor
+		{dso.Keepalive{Inactivity: 3600000, Interval: 7200000}, time.Minute, time.Hour},          // above the configured values
+		{dso.Keepalive{Inactivity: dso.Infinite, Interval: dso.Infinite}, time.Minute, time.Hour},
+		{dso.Keepalive{Inactivity: 60000, Interval: 3600000}, time.Minute, time.Hour},
+	} {
+		inactivity, interval, _ := grantKeepalive(cfg, tc.asked)
+		if inactivity != tc.inactivity || interval != tc.interval {
+			t.Errorf("asked %+v: granted %v %v, want %v %v", tc.asked, inactivity, interval, tc.inactivity, tc.interval)
+		}
+	}
+}
+
+// TestPushKeepaliveNegotiated: a client's Keepalive gets, in its response,
+// the timers of its session, within the server's bounds, and the session is
+// held to them: one that asked for a 1 s inactivity timeout is closed as
+// idle (after 5 s, RFC 8490's floor) while one that asked for the server's
+// values in the same server stays. A session that sent none is told the
+// server's values after its first SUBSCRIBE.
+func TestPushKeepaliveNegotiated(t *testing.T) {
+	env, ca := newPushEnv(t, func(c *config) { c.pushInactivity, c.pushKeepalive = time.Hour, 2*time.Hour })
+	keepalive := func(c *pushClient, id uint16, k dso.Keepalive) dso.Keepalive {
+		c.t.Helper()
+		c.b.Start(id, false, 0)
+		c.b.Keepalive(k)
+		c.send(c.b.Frame())
+		rc, m := c.response(id)
+		p, _ := m.Primary()
+		got, err := dso.ParseKeepalive(p)
+		if rc != dns.RcodeSuccess || p.Type != dso.TypeKeepalive || err != nil {
+			c.t.Fatalf("Keepalive response: rcode %d, %s, %v", rc, dso.TypeName(p.Type), err)
+		}
+		return got
+	}
+	idleBefore := metric(t, env.e.metrics.sessionsEnded.WithLabelValues(endIdle))
+
+	short := dialPush(t, env, ca)
+	if got := keepalive(short, 1, dso.Keepalive{Inactivity: 1000, Interval: 5000}); got != (dso.Keepalive{Inactivity: 1000, Interval: 10000}) {
+		t.Fatalf("granted %+v for 1 s and 5 s, want 1 s and 10 s", got)
+	}
+	long := dialPush(t, env, ca)
+	if got := keepalive(long, 1, dso.Keepalive{Inactivity: dso.Infinite, Interval: 7200000}); got != (dso.Keepalive{Inactivity: 3600000, Interval: 7200000}) {
+		t.Fatalf("granted %+v for infinity and 2 h, want 1 h and 2 h", got)
+	}
+	// Renegotiated on the same session.
+	if got := keepalive(long, 2, dso.Keepalive{Inactivity: 30000, Interval: 20000}); got != (dso.Keepalive{Inactivity: 30000, Interval: 20000}) {
+		t.Fatalf("renegotiated %+v, want 30 s and 20 s", got)
+	}
+	keepalive(long, 3, dso.Keepalive{Inactivity: dso.Infinite, Interval: dso.Infinite})
+
+	short.closed()
+	if metric(t, env.e.metrics.sessionsEnded.WithLabelValues(endIdle)) != idleBefore+1 {
+		t.Fatal("the short session was not closed as idle")
+	}
+	// The other session is still served.
+	keepalive(long, 4, dso.Keepalive{Inactivity: dso.Infinite, Interval: dso.Infinite})
+
+	// One that never sends a Keepalive is told the server's values.
+	quiet := dialPush(t, env, ca)
+	quiet.subscribe(1, "www.example.org.", dns.TypeA)
+	quiet.response(1)
+	for {
+		m := quiet.must()
+		if p, _ := m.Primary(); p.Type == dso.TypeKeepalive {
+			if k, _ := dso.ParseKeepalive(p); !m.Unidirectional() || k != (dso.Keepalive{Inactivity: 3600000, Interval: 7200000}) {
+				t.Fatalf("told %+v", k)
+			}
+			break
+		}
+	}
+}
+
+// The deadline a session's reader sets follows its timers: the RFC's 15 s
+// defaults until told, then its own.
+func TestPushSessionDeadline(t *testing.T) {
+	env, _ := newPushEnv(t, nil)
+	s := newSession(env.e.push, nil, netip.MustParseAddrPort("127.0.0.3:5000"))
+	now := time.Now()
+	for _, tc := range []struct {
+		told                 bool
+		inactivity, interval time.Duration
+		want                 time.Time
+		idle                 bool
+	}{
+		{false, 0, 0, now.Add(30 * time.Second), false}, // 2 x 15 s, both timers
+		{true, time.Hour, 10 * time.Second, now.Add(20 * time.Second), false},
+		{true, 0, time.Hour, now.Add(5 * time.Second), true},
+		{true, 4 * time.Second, time.Hour, now.Add(8 * time.Second), true},
+	} {
+		s.told, s.inactivity, s.interval, s.idleSince = tc.told, tc.inactivity, tc.interval, now
+		if at, idle := s.deadline(now); !at.Equal(tc.want) || idle != tc.idle {
+			t.Errorf("%+v: deadline %v (idle %v), want %v (idle %v)", tc, at.Sub(now), idle, tc.want.Sub(now), tc.idle)
+		}
 	}
 }
