@@ -314,7 +314,7 @@ func benchTopic(b *testing.B, env *testEnv, n int) *topic {
 	now := time.Now()
 	for i := range n {
 		client := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 1, byte(i % 250)}), uint16(10000+i))
-		if _, _, err := env.e.llq.establish(uint64(i+1), benchQ, client, true, 3600, 1232, now); err != nil {
+		if _, _, err := env.e.llq.establish(uint64(i+1), benchQ, client, true, 3600, 1232, now, nil); err != nil {
 			b.Fatalf("establish: %v", err)
 		}
 	}
@@ -454,7 +454,7 @@ func BenchmarkEstablish(b *testing.B) {
 	}
 	add := func(now time.Time) {
 		client := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 2, byte(next % 250)}), uint16(next))
-		if _, _, err := e.llq.establish(next, benchQ, client, true, 3600, 1232, now); err != nil {
+		if _, _, err := e.llq.establish(next, benchQ, client, true, 3600, 1232, now, nil); err != nil {
 			b.Fatalf("establish: %v", err)
 		}
 		next++

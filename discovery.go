@@ -20,30 +20,46 @@ const discoveryTTL = 60
 // synthesises.
 const targetLabel = "llq."
 
-// udpLabel is the empty non-terminal between the zone and the SRV record.
-const udpLabel = "_udp."
+// udpLabel and tcpLabel are the empty non-terminals between the zone and
+// the SRV records.
+const (
+	udpLabel = "_udp."
+	tcpLabel = "_tcp."
+)
+
+// privateLabel is prepended to a zone to find its private (TLS) LLQ server,
+// as Apple's client asks (PRIVATE_LLQ_SERVICE_TYPE in mDNSResponder).
+const privateLabel = "_dns-llq-tls._tcp."
 
 // discovery answers the questions an unmodified client asks to find the
 // LLQ listener (RFC 8764 section 7): SRV _dns-llq._udp.ZONE and, for the
 // default target, its A and AAAA; and, with the TLS listener on, the DNS
-// Push server's SRV _dns-push-tls._tcp.ZONE (RFC 8765 section 6.1). The zone's own data wins: llq only fills
-// in what the backend does not have, and only for zone apexes. done is false
-// when the question is none of these.
+// Push server's SRV _dns-push-tls._tcp.ZONE (RFC 8765 section 6.1) and the
+// private LLQ server's _dns-llq-tls._tcp.ZONE, both on the TLS listener.
+// The zone's own data wins: llq only fills in what the backend does not
+// have, and only for zone apexes. done is false when the question is none
+// of these.
 func (l *LLQ) discovery(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (rcode int, err error, done bool) {
 	q := r.Question[0]
 	var apex string
-	push := false // DNS Push: SRV _dns-push-tls._tcp.ZONE (RFC 8765 section 6.1)
+	tls := false // a name for the TLS listener: SRV _dns-push-tls._tcp, _dns-llq-tls._tcp, or _tcp
 	switch {
 	case hasPrefixFold(q.Name, wire.ServiceLabel):
 		apex = strings.ToLower(q.Name[len(wire.ServiceLabel):])
-	case q.Qtype == dns.TypeSRV && hasPrefixFold(q.Name, dso.ServiceLabel):
+	case hasPrefixFold(q.Name, dso.ServiceLabel):
 		apex = strings.ToLower(q.Name[len(dso.ServiceLabel):])
-		push = true
+		tls = true
+	case hasPrefixFold(q.Name, privateLabel):
+		apex = strings.ToLower(q.Name[len(privateLabel):])
+		tls = true
 	case l.cfg.srvTarget == "" && hasPrefixFold(q.Name, targetLabel):
 		apex = strings.ToLower(q.Name[len(targetLabel):])
 	case hasPrefixFold(q.Name, udpLabel):
 		// The empty non-terminal above the SRV record.
 		apex = strings.ToLower(q.Name[len(udpLabel):])
+	case hasPrefixFold(q.Name, tcpLabel):
+		apex = strings.ToLower(q.Name[len(tcpLabel):])
+		tls = true
 	default:
 		return 0, nil, false
 	}
@@ -55,7 +71,7 @@ func (l *LLQ) discovery(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (
 		return 0, nil, false
 	}
 	var pt *pushTransport
-	if push {
+	if tls {
 		if pt = e.pushTransport(); pt == nil {
 			return 0, nil, false // no TLS listener: nothing to advertise
 		}
@@ -98,9 +114,11 @@ func (l *LLQ) discovery(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (
 			ip = a.Unmap()
 		}
 	}
-	_, service := strings.CutPrefix(strings.ToLower(q.Name), wire.ServiceLabel)
+	lower := strings.ToLower(q.Name)
+	service := strings.HasPrefix(lower, wire.ServiceLabel) || strings.HasPrefix(lower, dso.ServiceLabel) ||
+		strings.HasPrefix(lower, privateLabel)
 	switch {
-	case (service || push) && q.Qtype == dns.TypeSRV:
+	case service && q.Qtype == dns.TypeSRV:
 		m.Answer = []dns.RR{&dns.SRV{
 			Hdr:    dns.RR_Header{Name: q.Name, Rrtype: dns.TypeSRV, Class: dns.ClassINET, Ttl: discoveryTTL},
 			Target: target, Port: port,
@@ -114,7 +132,7 @@ func (l *LLQ) discovery(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (
 	}
 	if len(m.Answer) == 0 {
 		// The name exists, since llq answers for it: any other type, and
-		// the empty non-terminal _udp.ZONE, get NODATA, never NXDOMAIN,
+		// the empty non-terminals _udp.ZONE and _tcp.ZONE, get NODATA, never NXDOMAIN,
 		// which a resolver would cache for the SRV record too (RFC 8020).
 		m.Ns = []dns.RR{soa}
 	}

@@ -205,13 +205,18 @@ func TestStripLLQ(t *testing.T) {
 	}
 }
 
-// With the TLS listener on, _dns-push-tls._tcp.ZONE points at its port;
-// without it, the query goes to the zone untouched.
-func TestDiscoveryPush(t *testing.T) {
+// With the TLS listener on, _dns-push-tls._tcp.ZONE (DNS Push) and
+// _dns-llq-tls._tcp.ZONE (private LLQ) point at its port, and their other
+// types and the empty non-terminal _tcp.ZONE are NODATA; without it, the
+// queries go to the zone untouched.
+func TestDiscoveryTLS(t *testing.T) {
+	names := []string{"_dns-push-tls._tcp.example.org.", "_dns-llq-tls._tcp.example.org.", "_DNS-LLQ-TLS._TCP.example.org."}
 	d := newDiscoveryEnv(t, "")
-	r, _ := d.ask(t, "_dns-push-tls._tcp.example.org.", dns.TypeSRV)
-	if r == nil || len(r.Answer) != 0 {
-		t.Fatalf("no TLS listener, yet %v", r)
+	for _, name := range append(names, "_tcp.example.org.") {
+		r, _ := d.ask(t, name, dns.TypeSRV)
+		if r == nil || len(r.Answer) != 0 || r.Rcode != dns.RcodeNameError {
+			t.Fatalf("%s: no TLS listener, yet %v", name, r)
+		}
 	}
 
 	env, _ := newPushEnv(t, nil)
@@ -219,13 +224,31 @@ func TestDiscoveryPush(t *testing.T) {
 	l := &LLQ{Zones: []string{testZone}, cfg: env.e.config(), Next: f}
 	l.setEngine(env.e)
 	d = &discoveryEnv{testEnv: env, l: l}
-	r, _ = d.ask(t, "_dns-push-tls._tcp.example.org.", dns.TypeSRV)
-	if r == nil || len(r.Answer) != 1 {
-		t.Fatalf("SRV: %v", r)
+	for _, name := range names {
+		r, _ := d.ask(t, name, dns.TypeSRV)
+		if r == nil || len(r.Answer) != 1 {
+			t.Fatalf("%s SRV: %v", name, r)
+		}
+		srv := r.Answer[0].(*dns.SRV)
+		if srv.Hdr.Name != name || int(srv.Port) != env.e.push.Addr().(*net.TCPAddr).Port || srv.Target != "llq.example.org." {
+			t.Fatalf("SRV %v, want port %s", srv, env.e.push.Addr())
+		}
+		sameRRs(t, r.Extra, "llq.example.org. 60 IN A 127.0.0.1")
+		r, _ = d.ask(t, name, dns.TypeTXT)
+		if r == nil || r.Rcode != dns.RcodeSuccess || len(r.Answer) != 0 || len(r.Ns) != 1 {
+			t.Fatalf("%s TXT: want NODATA, got %v", name, r)
+		}
 	}
-	srv := r.Answer[0].(*dns.SRV)
-	if int(srv.Port) != env.e.push.Addr().(*net.TCPAddr).Port || srv.Target != "llq.example.org." {
-		t.Fatalf("SRV %v, want port %s", srv, env.e.push.Addr())
+	r, _ := d.ask(t, "_tcp.example.org.", dns.TypeSRV)
+	if r == nil || r.Rcode != dns.RcodeSuccess || len(r.Answer) != 0 || len(r.Ns) != 1 {
+		t.Fatalf("_tcp: want NODATA, got %v", r)
 	}
-	sameRRs(t, r.Extra, "llq.example.org. 60 IN A 127.0.0.1")
+	// The zone's own record wins.
+	swapZone(t, env.zone, withRecords("_dns-llq-tls._tcp IN SRV 0 0 8853 tls.example.org."))
+	f.Zones = fileZones(env.zone)
+	l.Next = f
+	r, _ = d.ask(t, "_dns-llq-tls._tcp.example.org.", dns.TypeSRV)
+	if r == nil || len(r.Answer) != 1 || r.Answer[0].(*dns.SRV).Port != 8853 {
+		t.Fatalf("the zone's own SRV: %v", r)
+	}
 }

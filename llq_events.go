@@ -233,6 +233,10 @@ func (l *llqTransport) publish(t *topic, added, removed []string, old answerSet,
 			bySize[s.udpSize] = chunks
 		}
 		for i, c := range chunks {
+			if s.private {
+				l.queuePrivate(s, c.packet, now)
+				continue
+			}
 			if !s.proven {
 				// A port named over TCP has not asked for events: one
 				// packet per setup, never retransmitted, and the rest

@@ -25,6 +25,19 @@ func (l *llqTransport) serve(b []byte, src netip.AddrPort, tcp bool) []byte {
 // are event packets to send once the reply is on its way (the part of an
 // answer set that did not fit a UDP ACK).
 func (l *llqTransport) serveThen(b []byte, src netip.AddrPort, tcp bool) (packed []byte, after []delivery) {
+	return l.serveOn(b, src, tcp, nil)
+}
+
+// servePrivate answers a message that came on the TLS session sess: LLQs
+// it sets up are private (see llq_private.go).
+func (l *llqTransport) servePrivate(b []byte, sess *session) []byte {
+	packed, _ := l.serveOn(b, sess.addr, true, sess) // nothing follows over a connection
+	return packed
+}
+
+// serveOn is serveThen for a message from src, over a connection when tcp,
+// and on the TLS session sess when that is not nil.
+func (l *llqTransport) serveOn(b []byte, src netip.AddrPort, tcp bool, sess *session) (packed []byte, after []delivery) {
 	defer func() {
 		// Enforce the no-amplification rule whatever the request looks like:
 		// compression pointers into the middle of labels (or into other
@@ -124,7 +137,7 @@ func (l *llqTransport) serveThen(b []byte, src netip.AddrPort, tcp bool) (packed
 	var parts []part
 	for i, o := range opts {
 		var answers []dns.RR
-		out[i], answers = l.question(m.Question[i], o, src, tcp, clientSize, now, &refused)
+		out[i], answers = l.question(m.Question[i], o, src, tcp, sess, clientSize, now, &refused)
 		if len(answers) > 0 {
 			parts = append(parts, part{out[i].Id, len(reply.Answer), len(reply.Answer) + len(answers)})
 		}
@@ -221,7 +234,7 @@ func (l *llqTransport) follow(id uint64, rrs []dns.RR, now time.Time) []delivery
 }
 
 // question handles the LLQ option of one question.
-func (l *llqTransport) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.AddrPort, tcp bool, udpSize uint16, now time.Time, refused *bool) (*dns.EDNS0_LLQ, []dns.RR) {
+func (l *llqTransport) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.AddrPort, tcp bool, sess *session, udpSize uint16, now time.Time, refused *bool) (*dns.EDNS0_LLQ, []dns.RR) {
 	fail := func(code uint16, lease uint32) (*dns.EDNS0_LLQ, []dns.RR) {
 		return wire.NewOption(o.Opcode, code, o.Id, lease), nil
 	}
@@ -251,13 +264,18 @@ func (l *llqTransport) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.Addr
 		}
 		lease := cfg.clampLease(o.LeaseLife)
 		client := src
-		if tcp {
+		if tcp && sess == nil {
 			// Over TCP the connection already proved the address. Events
 			// still go over UDP: to the port the client names in ERROR
-			// (mDNSResponder does), else to its TCP source port.
+			// (mDNSResponder does), else to its TCP source port. On a TLS
+			// session they go on the session, never in clear text: the
+			// port in ERROR is not used.
 			if o.Error != 0 {
 				client = netip.AddrPortFrom(src.Addr(), o.Error)
 			}
+		}
+		if sess != nil {
+			udpSize = privateSize
 		}
 		id := o.Id
 		if id == 0 {
@@ -277,7 +295,7 @@ func (l *llqTransport) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.Addr
 		}
 		// A UDP setup's challenge response came from the event port; a
 		// port named over TCP must still prove itself.
-		answers, granted, err := l.establish(id, q, client, !tcp, lease, udpSize, now)
+		answers, granted, err := l.establish(id, q, client, !tcp, lease, udpSize, now, sess)
 		if err != nil {
 			if err.limit {
 				l.e.metrics.setups.WithLabelValues("serv-full").Inc()
@@ -295,7 +313,7 @@ func (l *llqTransport) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.Addr
 		if tcp {
 			port = o.Error // 0 keeps the event port
 		}
-		granted, err := l.refresh(o.Id, q, src, port, !tcp, o.LeaseLife, now)
+		granted, err := l.refresh(o.Id, q, src, port, !tcp, o.LeaseLife, now, sess)
 		if err != nil {
 			return fail(err.code, err.lease)
 		}

@@ -149,7 +149,7 @@ func (l *llqTransport) stateSnapshot(now time.Time) (*snapshot, uint64) {
 		llqs := make([]savedLLQ, 0, len(t.subs))
 		for x := range t.subs {
 			s, mine := x.(*llqSub)
-			if !mine {
+			if !mine || s.private { // it ends with its session
 				continue
 			}
 			llqs = append(llqs, savedLLQ{

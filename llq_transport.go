@@ -21,9 +21,10 @@ type llqTransport struct {
 	chal      *challenger
 	limiter   *setupLimiter
 	ln        *listener
-	state     *stateKeeper // keeps the table in the state file; nil without one
-	gen       uint64       // counts changes to the table, so that an idle one is not written again
-	restored  []*llqSub    // restored LLQs not yet readmitted (see llq_state.go)
+	state     *stateKeeper        // keeps the table in the state file; nil without one
+	gen       uint64              // counts changes to the table, so that an idle one is not written again
+	restored  []*llqSub           // restored LLQs not yet readmitted (see llq_state.go)
+	private   map[uint64]*session // the TLS session of each private LLQ (llq_private.go)
 }
 
 // newLLQTransport serves LLQ on ln, a listener bound and not yet serving.
@@ -45,6 +46,7 @@ func newLLQTransport(e *Engine, ln *listener) (*llqTransport, error) {
 func (l *llqTransport) reset() {
 	l.subs = make(map[uint64]*llqSub)
 	l.perClient = make(map[netip.Prefix]int)
+	l.private = make(map[uint64]*session)
 	l.restored = nil
 }
 
@@ -85,6 +87,7 @@ type llqSub struct {
 	// event. A port named over TCP has not: see publish.
 	proven      bool
 	unsolicited bool // the one packet an unproven port may get has been sent
+	private     bool // set up on a TLS session, where its events go (llq_private.go)
 }
 
 // hold adds st to the news kept for s's unproven port. Call with e.mu held.
@@ -161,12 +164,15 @@ func (l *llqTransport) admit(addr netip.Addr) *setupError {
 //
 // proven says whether the event port asked for events itself (a UDP setup's
 // challenge response came from it); a port named over TCP must still prove
-// itself (see publish).
-func (l *llqTransport) establish(id uint64, q dns.Question, client netip.AddrPort, proven bool, lease uint32, udpSize uint16, now time.Time) ([]dns.RR, uint32, *setupError) {
+// itself (see publish). With sess, the LLQ is private to that TLS session.
+func (l *llqTransport) establish(id uint64, q dns.Question, client netip.AddrPort, proven bool, lease uint32, udpSize uint16, now time.Time, sess *session) ([]dns.RR, uint32, *setupError) {
 	e := l.e
 	e.mu.Lock()
 	if s, ok := l.subs[id]; ok {
 		defer e.mu.Unlock()
+		if !l.reaches(s, sess) {
+			return nil, 0, &setupError{code: wire.NoSuchLLQ}
+		}
 		if s.client.Addr() != client.Addr() {
 			// A 64-bit collision between two clients' challenges: make the
 			// newcomer start over in a later epoch, which yields another ID.
@@ -216,6 +222,9 @@ func (l *llqTransport) establish(id uint64, q dns.Question, client netip.AddrPor
 	s.expiry.init(s)
 	answers := e.join(s, l, &j)
 	l.subs[id] = s
+	if sess != nil {
+		l.bind(s, sess)
+	}
 	l.perClient[l.bits.key(client.Addr())]++
 	l.grant(s, lease, now)
 	l.gen++
@@ -232,14 +241,18 @@ func (l *llqTransport) grant(s *llqSub, lease uint32, now time.Time) {
 
 // refresh renews or (lease 0) terminates LLQ id for client. A non-zero
 // eventPort moves the client's events there; viaUDP says the refresh came
-// from it.
-func (l *llqTransport) refresh(id uint64, q dns.Question, client netip.AddrPort, eventPort uint16, viaUDP bool, lease uint32, now time.Time) (uint32, *setupError) {
+// from it. A private LLQ is refreshed on its session sess alone, and its
+// events stay there.
+func (l *llqTransport) refresh(id uint64, q dns.Question, client netip.AddrPort, eventPort uint16, viaUDP bool, lease uint32, now time.Time, sess *session) (uint32, *setupError) {
 	e := l.e
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	s, ok := l.subs[id]
-	if !ok || s.client.Addr() != client.Addr() || s.topic.key.questionKey != keyOf(q) {
+	if !ok || !l.reaches(s, sess) || s.client.Addr() != client.Addr() || s.topic.key.questionKey != keyOf(q) {
 		return 0, &setupError{code: wire.NoSuchLLQ}
+	}
+	if s.private {
+		eventPort = 0
 	}
 	if lease == 0 {
 		l.drop(s)
@@ -291,6 +304,9 @@ func (l *llqTransport) drop(s *llqSub) {
 		}
 	}
 	if l.e.leave(s, l) {
+		if s.private {
+			l.unbind(s)
+		}
 		delete(l.subs, s.id)
 		l.gen++
 		l.uncount(s.client.Addr())

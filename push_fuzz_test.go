@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/llqdns/llq/dso"
+	"github.com/llqdns/llq/wire"
 	"github.com/miekg/dns"
 )
 
@@ -30,7 +31,19 @@ func FuzzSession(f *testing.F) {
 	})
 	reconfirm := frame(func() { b.Start(0, false, 0); b.Reconfirm(mustRR(f, "www.example.org. 1 IN A 192.0.2.1")) })
 	unknown := frame(func() { b.Start(9, false, 0); b.TLV(0xF900, []byte{1}) })
+	// Private LLQ: a setup on the session, an event ack, a refresh and a
+	// terminate (their IDs will not match: the fuzzer finds its way).
+	q := dns.Question{Name: "www.example.org.", Qtype: dns.TypeA, Qclass: dns.ClassINET}
+	llq := func(o *dns.EDNS0_LLQ, response bool) []byte {
+		m := llqMsg(3, 1232, []dns.Question{q}, o)
+		m.Response = response
+		return dso.AppendFrame(nil, packMsg(f, m))
+	}
+	private := append(append(llq(setupOpt(0, 3600), false), llq(wire.NewOption(wire.OpEvent, 0, 1, 3600), true)...),
+		append(llq(refreshOpt(1, 3600), false), llq(refreshOpt(1, 0), false)...)...)
 	seeds := [][]byte{
+		private,
+		append(append(llq(setupOpt(0, 3600), false), sub(1, "www.example.org.", dns.TypeA)...), unsub...),
 		sub(1, "www.example.org.", dns.TypeA),
 		append(append(ka, sub(1, "www.example.org.", dns.TypeANY)...), unsub...),
 		append(append(sub(1, "www.example.org.", dns.TypeA), sub(2, "nope.example.net.", dns.TypeA)...), unsubQ...),
@@ -72,7 +85,7 @@ func FuzzSession(f *testing.F) {
 			}
 		}
 		s.end()
-		if st := env.e.Stats(); st.PushSubs != 0 || st.Topics != 0 {
+		if st := env.e.Stats(); st.PushSubs != 0 || st.Topics != 0 || st.LLQs != 0 {
 			t.Fatalf("left behind: %+v", st)
 		}
 	})

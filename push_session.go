@@ -29,11 +29,13 @@ type session struct {
 	subs   map[uint16]*pushSub
 	byKey  map[questionKey]*pushSub
 	stated map[string]int
+	llqs   map[uint64]*llqSub // private LLQs set up on the session (llq_private.go)
 
 	// The reader's own state.
 	refuse      bool // over a session limit: answer the first request with a Retry Delay
 	established bool // a request got NOERROR (RFC 8490 section 5.1)
 	idleSince   time.Time
+	heldLLQs    bool // the session held a private LLQ after its last LLQ message
 	told        bool // the client has been sent the timers below
 	// The session's timers (RFC 8490 section 6.2) once told: negotiated
 	// with the client's Keepalive (push_keepalive.go) or the server's own.
@@ -44,7 +46,8 @@ type session struct {
 
 func newSession(p *pushTransport, c net.Conn, addr netip.AddrPort) *session {
 	s := &session{p: p, conn: c, addr: addr,
-		subs: make(map[uint16]*pushSub), byKey: make(map[questionKey]*pushSub), stated: make(map[string]int)}
+		subs: make(map[uint16]*pushSub), byKey: make(map[questionKey]*pushSub), stated: make(map[string]int),
+		llqs: make(map[uint64]*llqSub)}
 	s.out.init(p.e.metrics)
 	return s
 }
@@ -148,11 +151,22 @@ func (s *session) deadline(now time.Time) (time.Time, bool) {
 	at := now.Add(2 * interval)
 	s.p.e.mu.Lock()
 	subs := len(s.subs)
+	// A private LLQ's client speaks LLQ, not DSO: it sends nothing but
+	// its refreshes, due before its lease ends.
+	var leaseEnd time.Time
+	for _, l := range s.llqs {
+		if l.expires.After(leaseEnd) {
+			leaseEnd = l.expires
+		}
+	}
 	s.p.e.mu.Unlock()
+	if leaseEnd.After(at) {
+		at = leaseEnd
+	}
 	if by := s.out.closeBy(); !by.IsZero() && by.Before(at) {
 		at = by
 	}
-	if subs == 0 {
+	if subs == 0 && leaseEnd.IsZero() {
 		if idle := s.idleSince.Add(max(5*time.Second, 2*inactivity)); idle.Before(at) {
 			return idle, true
 		}
@@ -392,13 +406,14 @@ func (s *session) drop(sub *pushSub) {
 	}
 }
 
-// end drops every subscription of a session that is over.
+// end drops every subscription and private LLQ of a session that is over.
 func (s *session) end() {
 	e := s.p.e
 	e.mu.Lock()
 	for _, sub := range s.subs {
 		s.drop(sub)
 	}
+	e.llq.endPrivate(s)
 	e.mu.Unlock()
 }
 
@@ -411,15 +426,27 @@ func (s *session) reconfirm(rr dns.RR) {
 	s.p.e.changes.mark(change{trigger: "reconfirm", zone: name, affects: func(n string) bool { return n == name }})
 }
 
-// query answers a message that is not DSO: an LLQ request (LLQ over TLS:
-// the connection proves the address as TCP does) or anything else, which
-// the LLQ transport refuses.
+// query answers a message that is not DSO: an LLQ request or an event
+// acknowledgement (private LLQ, llq_private.go) or anything else, which the
+// LLQ transport refuses. A session over a session limit gets no LLQ: it is
+// closed.
 func (s *session) query(b []byte) bool {
-	reply := s.p.e.llq.serve(b, s.addr, true)
+	if s.refuse {
+		return false
+	}
+	e := s.p.e
+	reply := e.llq.servePrivate(b, s)
 	if reply != nil {
 		s.out.frame(reply)
 		s.kick()
 	}
+	e.mu.Lock()
+	held := len(s.llqs) > 0
+	if s.heldLLQs && !held && len(s.subs) == 0 {
+		s.idleSince = time.Now() // its last LLQ ended: the inactivity timer runs from now
+	}
+	s.heldLLQs = held
+	e.mu.Unlock()
 	return true
 }
 

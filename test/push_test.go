@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +24,7 @@ import (
 	ctest "github.com/coredns/coredns/test"
 	"github.com/llqdns/llq/dso"
 	"github.com/llqdns/llq/internal/pcaptest"
+	"github.com/llqdns/llq/wire"
 	"github.com/miekg/dns"
 )
 
@@ -385,4 +387,68 @@ func TestDNSPushACLRefused(t *testing.T) {
 	eventually(t, "the allowed client's subscription gone with its session", func() bool {
 		return metric(t, "push_subscriptions") == subs && metric(t, "topics") == topics
 	})
+}
+
+// TestPrivateLLQ: LLQ over TLS (the LLQ presentation's "private LLQ")
+// against CoreDNS, with miekg/dns's TLS client: discovery of
+// _dns-llq-tls._tcp, a two-message setup on the TLS listener, the zone
+// file's change as an event on the connection, acknowledged there, a
+// refresh, and the LLQ gone with the connection.
+func TestPrivateLLQ(t *testing.T) {
+	s, _, tlsAddr, pool := pushServer(t, "www IN A 192.0.2.1")
+	r := s.query("_dns-llq-tls._tcp.example.org.", dns.TypeSRV)
+	if len(r.Answer) != 1 || r.Answer[0].(*dns.SRV).Port != tlsAddr.Port() {
+		t.Fatalf("discovery: %v", r)
+	}
+	live := metric(t, "subscriptions")
+	c := &dns.Client{Net: "tcp-tls", TLSConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, Timeout: 20 * time.Second}
+	conn, err := c.Dial(tlsAddr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	exchange := func(m *dns.Msg) *dns.Msg {
+		t.Helper()
+		conn.SetDeadline(time.Now().Add(20 * time.Second)) // a hung server fails the test; no timing asserted
+		if err := conn.WriteMsg(m); err != nil {
+			t.Fatal(err)
+		}
+		r, err := conn.ReadMsg()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	q := question("www.example.org.", dns.TypeA)
+	ack := exchange(llqMsg(q, wire.OpSetup, 0, 3600))
+	o := option(t, ack)
+	if o.Opcode != wire.OpSetup || o.Error != wire.NoError || o.Id == 0 || len(ack.Answer) != 1 {
+		t.Fatalf("ACK: %v", ack)
+	}
+	if n := metric(t, "subscriptions"); n != live+1 {
+		t.Fatalf("subscriptions %v, was %v", n, live)
+	}
+
+	s.setRecords("www IN A 192.0.2.2")
+	ev, err := conn.ReadMsg()
+	if err != nil {
+		t.Fatal(err)
+	}
+	eo := option(t, ev)
+	if !ev.Response || eo.Opcode != wire.OpEvent || eo.Id != o.Id {
+		t.Fatalf("event: %v", ev)
+	}
+	if got, want := rrSet(ev.Answer), rrSetOf(t, "www IN A 192.0.2.2", "www 4294967295 IN A 192.0.2.1"); !slices.Equal(got, want) {
+		t.Fatalf("event records %v, want %v", got, want)
+	}
+	ackEv := llqMsg(q, wire.OpEvent, o.Id, eo.LeaseLife)
+	ackEv.Id, ackEv.Response = ev.Id, true
+	if err := conn.WriteMsg(ackEv); err != nil {
+		t.Fatal(err)
+	}
+	if ro := option(t, exchange(llqMsg(q, wire.OpRefresh, o.Id, 3600))); ro.Error != wire.NoError || ro.LeaseLife == 0 {
+		t.Fatalf("refresh: %v", ro)
+	}
+	conn.Close()
+	eventually(t, "the LLQ gone with its connection", func() bool { return metric(t, "subscriptions") == live })
 }

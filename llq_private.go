@@ -1,0 +1,76 @@
+package llq
+
+import (
+	"math/rand/v2"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Private LLQ: an LLQ set up on a TLS session of the DNS Push listener
+// (the LLQ presentation's "private LLQ", advertised as _dns-llq-tls._tcp).
+// The connection proves the client's address, so setup takes two messages
+// with no challenge, as over TCP. Unlike LLQ over TCP, whose events go over
+// UDP to the port the client names, everything stays on the session:
+// events, refreshes, acknowledgements and the terminating refresh. Events
+// are not retransmitted (TCP delivers them or the session ends), and acks
+// are taken and need nothing more.
+//
+// The LLQ ends with its session. RFC 8764 keeps an LLQ for its lease
+// because over UDP nothing else tells the server that a client is gone;
+// here the connection's end does, as a DNS Push subscription ends with its
+// session (RFC 8765 section 6.2). Keeping the lease would leave no way to
+// deliver the events but the clear-text UDP the client chose TLS to avoid,
+// and no way for a new connection to take the LLQ over: RFC 8764 has none.
+// A client that reconnects sets the LLQ up again, in two messages.
+
+// bind makes s private to sess. Call with e.mu held.
+func (l *llqTransport) bind(s *llqSub, sess *session) {
+	s.private, s.proven = true, true
+	l.private[s.id] = sess
+	sess.llqs[s.id] = s
+}
+
+// unbind forgets the session of the private LLQ s. Call with e.mu held.
+func (l *llqTransport) unbind(s *llqSub) {
+	if sess := l.private[s.id]; sess != nil {
+		delete(sess.llqs, s.id)
+	}
+	delete(l.private, s.id)
+}
+
+// reaches reports whether a message on sess (nil: UDP or plain TCP) may
+// act on LLQ s: a private LLQ is known only on its own session, and an LLQ
+// set up elsewhere not on a session. Call with e.mu held.
+func (l *llqTransport) reaches(s *llqSub, sess *session) bool {
+	if !s.private {
+		return sess == nil
+	}
+	return l.private[s.id] == sess
+}
+
+// queuePrivate queues an event on s's session, from the template packet
+// (see publish), and wakes its writer. Call with e.mu held.
+func (l *llqTransport) queuePrivate(s *llqSub, packet []byte, now time.Time) {
+	sess := l.private[s.id]
+	if sess == nil {
+		return
+	}
+	b := append([]byte(nil), packet...)
+	patch(b, uint16(rand.Uint32()), s.id, s.remaining(now))
+	sess.out.frame(b)
+	l.e.metrics.privateEvents.Inc()
+	sess.kick()
+}
+
+// endPrivate drops the private LLQs of a session that is over. Call with
+// e.mu held.
+func (l *llqTransport) endPrivate(sess *session) {
+	for _, s := range sess.llqs {
+		l.drop(s)
+	}
+}
+
+// privateSize is the size a private LLQ's events are split to: a whole
+// message on the connection.
+const privateSize = dns.MaxMsgSize

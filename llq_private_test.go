@@ -1,0 +1,187 @@
+package llq
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/llqdns/llq/wire"
+	"github.com/miekg/dns"
+)
+
+// privateClient speaks LLQ on a TLS session of the DNS Push listener with
+// miekg/dns's message framing over the connection.
+type privateClient struct {
+	t    testing.TB
+	conn *dns.Conn
+}
+
+func dialPrivate(t testing.TB, env *testEnv, ca *testCA) *privateClient {
+	t.Helper()
+	c := dialPush(t, env, ca)
+	return &privateClient{t: t, conn: &dns.Conn{Conn: c.conn}}
+}
+
+func (c *privateClient) send(m *dns.Msg) {
+	c.t.Helper()
+	if err := c.conn.WriteMsg(m); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+// read returns the next message; the deadline only keeps a broken server
+// from hanging the test.
+func (c *privateClient) read() (*dns.Msg, error) {
+	c.conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	return c.conn.ReadMsg()
+}
+
+func (c *privateClient) must() *dns.Msg {
+	c.t.Helper()
+	m, err := c.read()
+	if err != nil {
+		c.t.Fatalf("read: %v", err)
+	}
+	return m
+}
+
+// exchange sends m and returns the reply with its ID, skipping events.
+func (c *privateClient) exchange(m *dns.Msg) *dns.Msg {
+	c.t.Helper()
+	c.send(m)
+	for {
+		r := c.must()
+		if r.Id == m.Id && only(c.t, r).Opcode != wire.OpEvent {
+			return r
+		}
+	}
+}
+
+// event reads the next event, acknowledges it as Apple's client does and
+// returns it.
+func (c *privateClient) event() *dns.Msg {
+	c.t.Helper()
+	m := c.must()
+	o := only(c.t, m)
+	wantOpt(c.t, o, wire.OpEvent, wire.NoError)
+	if !m.Response {
+		c.t.Fatalf("event is not a response: %v", m)
+	}
+	ack := llqMsg(m.Id, 1232, m.Question, wire.NewOption(wire.OpEvent, wire.NoError, o.Id, o.LeaseLife))
+	ack.Response = true
+	c.send(ack)
+	return m
+}
+
+// TestPrivateLLQ: an LLQ set up on a TLS session takes two messages (no
+// challenge: the connection proved the address); its events, refreshes,
+// acknowledgements and termination all go on the session, none over UDP
+// even to the port the client names; it is known on that session alone.
+func TestPrivateLLQ(t *testing.T) {
+	env, ca := newPushEnv(t, func(c *config) { c.minLease, c.maxLease = time.Minute, time.Hour })
+	udp := newUDPClient(t) // the event port the client names in ERROR, as Apple's does
+	c := dialPrivate(t, env, ca)
+	q := question("www.example.org.", dns.TypeA)
+	setup := setupOpt(0, 7200)
+	setup.Error = udp.addr.Port()
+	ack := c.exchange(llqMsg(1, 1232, []dns.Question{q}, setup))
+	o := only(t, ack)
+	wantOpt(t, o, wire.OpSetup, wire.NoError)
+	if o.Id == 0 || o.LeaseLife != 3600 {
+		t.Fatalf("ACK option %v: want an ID and the lease clamped to 3600", o)
+	}
+	sameRRs(t, ack.Answer, "www.example.org. 3600 IN A 192.0.2.1", "www.example.org. 3600 IN A 192.0.2.2")
+	id := o.Id
+	if st := env.e.Stats(); st.LLQs != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	events := track(t, env.e.metrics.privateEvents)
+
+	swapZone(t, env.zone, strings.Replace(zoneData, "www	IN A 192.0.2.1", "www	IN A 192.0.2.3", 1))
+	env.changed()
+	ev := c.event()
+	if eo := only(t, ev); eo.Id != id || eo.LeaseLife == 0 || eo.LeaseLife > 3600 {
+		t.Fatalf("event option %v for LLQ %x", eo, id)
+	}
+	sameRRs(t, ev.Answer, "www.example.org. 3600 IN A 192.0.2.3", "www.example.org. 4294967295 IN A 192.0.2.1")
+	if events.moved(t) != 1 {
+		t.Fatalf("private_events_total moved by %v", events.moved(t))
+	}
+
+	// Refresh on the session: granted, and events stay on it whatever
+	// ERROR says.
+	refresh := refreshOpt(id, 600)
+	refresh.Error = udp.addr.Port()
+	wantOpt(t, only(t, c.exchange(llqMsg(2, 1232, []dns.Question{q}, refresh))), wire.OpRefresh, wire.NoError)
+	swapZone(t, env.zone, strings.Replace(zoneData, "www	IN A 192.0.2.1", "www	IN A 192.0.2.4", 1))
+	env.changed()
+	sameRRs(t, c.event().Answer, "www.example.org. 3600 IN A 192.0.2.4", "www.example.org. 4294967295 IN A 192.0.2.3")
+	if m, ok := udp.quiet(100 * time.Millisecond); !ok {
+		t.Fatalf("an event of a private LLQ went over UDP: %v", m)
+	}
+
+	// Known on its session alone: a refresh over UDP, plain TCP or another
+	// session is NO-SUCH-LLQ, and does not end it.
+	src := netip.MustParseAddrPort("127.0.0.1:5000")
+	for _, tcp := range []bool{false, true} {
+		r := env.exchange(t, llqMsg(3, 1232, []dns.Question{q}, refreshOpt(id, 0)), src, tcp)
+		wantOpt(t, only(t, r), wire.OpRefresh, wire.NoSuchLLQ)
+	}
+	other := dialPrivate(t, env, ca)
+	wantOpt(t, only(t, other.exchange(llqMsg(4, 1232, []dns.Question{q}, refreshOpt(id, 0)))), wire.OpRefresh, wire.NoSuchLLQ)
+	wantOpt(t, only(t, other.exchange(llqMsg(5, 1232, []dns.Question{q}, setupOpt(id, 600)))), wire.OpSetup, wire.NoSuchLLQ)
+	if st := env.e.Stats(); st.LLQs != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+
+	// Terminated on the session.
+	r := c.exchange(llqMsg(6, 1232, []dns.Question{q}, refreshOpt(id, 0)))
+	if o := only(t, r); o.Error != wire.NoError || o.LeaseLife != 0 {
+		t.Fatalf("terminate: %v", o)
+	}
+	if st := env.e.Stats(); st.LLQs != 0 || st.Topics != 0 {
+		t.Fatalf("left behind: %+v", st)
+	}
+}
+
+// A private LLQ ends with its session: nothing is kept for a connection
+// that is gone, and nothing goes over UDP.
+func TestPrivateLLQEndsWithSession(t *testing.T) {
+	env, ca := newPushEnv(t, nil)
+	live := metric(t, env.e.metrics.liveLLQs)
+	c := dialPrivate(t, env, ca)
+	for i, name := range []string{"www.example.org.", "ns1.example.org."} {
+		ack := c.exchange(llqMsg(uint16(i+1), 1232, []dns.Question{question(name, dns.TypeA)}, setupOpt(0, 3600)))
+		wantOpt(t, only(t, ack), wire.OpSetup, wire.NoError)
+	}
+	if st := env.e.Stats(); st.LLQs != 2 || st.Sessions != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	// The session outlives the DSO keepalive defaults: its client speaks
+	// LLQ and is only due to refresh before its lease ends.
+	if at, idle := sessionOf(t, env).deadline(time.Now()); idle || time.Until(at) < 30*time.Minute {
+		t.Fatalf("read deadline in %v (idle %v), want the lease's end", time.Until(at), idle)
+	}
+	c.conn.Close()
+	eventually(t, "LLQs gone with the session", func() bool {
+		st := env.e.Stats()
+		return st.LLQs == 0 && st.Topics == 0 && st.Sessions == 0
+	}, 10*time.Second)
+	if metric(t, env.e.metrics.liveLLQs) != live {
+		t.Fatalf("subscriptions gauge %v, was %v", metric(t, env.e.metrics.liveLLQs), live)
+	}
+}
+
+// sessionOf returns the only session of env's TLS listener.
+func sessionOf(t *testing.T, env *testEnv) *session {
+	t.Helper()
+	p := env.e.push
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for s := range p.sessions {
+		return s
+	}
+	t.Fatal("no session")
+	return nil
+}
