@@ -171,7 +171,7 @@ func (c *changeQueue) process() {
 		topics = topics[len(chunk):]
 		e.mu.Lock()
 		for _, t := range chunk {
-			if e.topics[t.key] != t { // its last subscriber left meanwhile
+			if e.topics[t.key] != t || t.key.provisional() { // its last subscriber left meanwhile; or see readmit
 				continue
 			}
 			for _, ch := range pending {

@@ -160,7 +160,7 @@ func (e *Engine) register(b *backend) {
 	waiting := e.llq.takeRestored(b)
 	e.mu.Unlock()
 	if len(waiting) > 0 {
-		go e.llq.readmit(waiting)
+		go e.llq.readmit(newReadmission(e.llq, waiting))
 	}
 }
 
@@ -250,6 +250,10 @@ var (
 	// engine answer the client (acl refused it, another block or view
 	// serves it), so neither does a subscription.
 	errRefused = errors.New("refused to the client")
+	// errBackendRefused: the block's backend answered REFUSED (a forward
+	// upstream, say). A setup gets REFUSED, as a query would; but it is
+	// the backend's answer, not the port's policy (see readmit).
+	errBackendRefused = errors.New("the backend refused to answer")
 )
 
 // joining is a subscription on its way into its topic: what the engine
@@ -290,6 +294,9 @@ func (j *joining) resolve(e *Engine) error {
 		return errNotServed
 	}
 	res := askTopic(j.b, j.key, j.q, j.client)
+	if res.unready {
+		return errUnresolved // the question was never asked: no verdict on the client
+	}
 	if j.b.viaServer {
 		l := res.reached
 		if l == nil || l.engine() != e {
@@ -302,7 +309,7 @@ func (j *joining) resolve(e *Engine) error {
 	}
 	if !res.ok {
 		if res.rcode == dns.RcodeRefused {
-			return errRefused
+			return errBackendRefused
 		}
 		return errUnresolved
 	}

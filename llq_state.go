@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,6 +24,8 @@ import (
 // the CoreDNS server (joining.resolve): it joins the topic of its block and
 // client, or is dropped when the port would now refuse its client; and it is
 // sent the difference between what it was last told and what is true now.
+// One whose backend cannot answer yet (a forward upstream still down, a
+// plugin not started) keeps waiting, and is tried again (see readmission).
 //
 // What the file may cause. A restored LLQ is sent events at the address and
 // port the file names, so a forged entry could aim llq's events at a victim.
@@ -166,10 +170,22 @@ func (l *llqTransport) stateSnapshot(now time.Time) (*snapshot, uint64) {
 	return snap, l.gen
 }
 
+// restoredBlock begins the block of a provisional topic (see restore).
+const restoredBlock = "\x00restored "
+
+// provisional reports whether k is a provisional topic's: its LLQs wait
+// for readmission, and no change pass asks for its answers, which no
+// block would give.
+func (k topicKey) provisional() bool { return strings.HasPrefix(k.block, restoredBlock) }
+
 // unsettled returns the records of s's events that its client has not
-// acknowledged. Call with e.mu held.
+// acknowledged, and those of the news held for its unproven port, which it
+// was never told. Call with e.mu held.
 func unsettled(s *llqSub) []dns.RR {
 	var out []dns.RR
+	if s.held != nil {
+		out = append(out, s.held.rrs...)
+	}
 	for _, tr := range s.pending {
 		ev := tr.ev
 		if ev.answered || ev.live != tr.id {
@@ -215,7 +231,7 @@ func (l *llqTransport) restore(snap *snapshot, now time.Time) []*event {
 				// blocks or clients may share the question. No block is
 				// named so, and a block's backend gives no news to a topic
 				// of another block.
-				jj.key.block = fmt.Sprintf("\x00restored %d", ti)
+				jj.key.block = fmt.Sprintf("%s%d", restoredBlock, ti)
 				j = &jj
 			}
 			// A port that had not proven itself before the restart has not
@@ -296,59 +312,149 @@ func (e *Engine) backendOf(s *llqSub) *backend {
 	return b
 }
 
-// readmit admits restored LLQs as setups are admitted (see establish),
-// moves each from its provisional topic to the topic of its block and
-// client, and tells it what changed since it was last told. An LLQ the port
-// would now refuse, or whose answers cannot be had, is dropped: its next
-// refresh meets NO-SUCH-LLQ and it sets up again.
-func (l *llqTransport) readmit(subs []*llqSub) {
+// readmission is a batch of restored LLQs on their way back into the
+// topics of their blocks. Those whose backend gave no answer (SERVFAIL, a
+// timeout, plugins not started yet) stay in their provisional topics and
+// are tried again later, later after each round that admits none, as a
+// topic's failed re-resolution is: a failed lookup is no verdict on the
+// client, and never a removal. Only the port's refusal (acl, another block
+// or view) or the end of the lease removes a restored LLQ.
+type readmission struct {
+	l        *llqTransport
+	subs     []*llqSub
+	failures int   // rounds in a row that admitted none
+	retry    timer // the next round, after a failure
+}
+
+func newReadmission(l *llqTransport, subs []*llqSub) *readmission {
+	r := &readmission{l: l, subs: subs}
+	r.retry.init(r)
+	return r
+}
+
+// fire runs the next round; the scheduler's goroutine must not wait for
+// lookups.
+func (r *readmission) fire() { go r.l.readmit(r) }
+
+// readmitGiveUp is how many failed lookups in a row end a round: the
+// backend is down, and asking for the rest would only wait out their
+// timeouts one by one. What is left waits for the next round, the failed
+// ones last, so that a name whose lookup always fails holds up no other.
+const readmitGiveUp = 8
+
+// readmitGroup is what an admission depends on: the question, and the
+// client's address, which is what acl, view and the client-dependent
+// plugins look at. LLQs that share it share one lookup.
+type readmitGroup struct {
+	q    questionKey
+	addr netip.Addr
+}
+
+// readmit admits r's LLQs as setups are admitted (see establish), moves
+// each from its provisional topic to the topic of its block and client,
+// and tells it what changed since it was last told. An LLQ the port would
+// now refuse is dropped: its next refresh meets NO-SUCH-LLQ and it sets up
+// again. One whose admission found no answer waits for the next round.
+func (l *llqTransport) readmit(r *readmission) {
 	e := l.e
-	for _, s := range subs {
+	admissions := make(map[readmitGroup]*joining)
+	verdicts := make(map[readmitGroup]error)
+	var failed, rest []*llqSub
+	admitted, inRow := 0, 0
+	for i, s := range r.subs {
+		if inRow >= readmitGiveUp {
+			rest = r.subs[i:]
+			break
+		}
 		e.mu.Lock()
 		if s.gone() || l.subs[s.id] != s {
 			e.mu.Unlock()
 			continue
 		}
-		j := e.prepare(s.topic.question, s.client, false)
-		e.mu.Unlock()
-		err := j.resolve(e)
-		now := time.Now()
-		e.mu.Lock()
-		if s.gone() || l.subs[s.id] != s {
+		g := readmitGroup{s.topic.key.questionKey, s.client.Addr()}
+		j, err := admissions[g], verdicts[g]
+		if j == nil && err == nil {
+			jj := e.prepare(s.topic.question, s.client, false)
 			e.mu.Unlock()
-			continue
+			err = jj.resolve(e)
+			if err == nil {
+				j = &jj
+				admissions[g] = j
+				inRow = 0
+			} else {
+				verdicts[g] = err
+				if err != errRefused {
+					inRow++
+				}
+			}
+			e.mu.Lock()
+			if s.gone() || l.subs[s.id] != s {
+				e.mu.Unlock()
+				continue
+			}
 		}
-		if err != nil {
+		switch err {
+		case nil:
+		case errRefused:
 			name := s.topic.question.Name
 			l.drop(s)
 			e.mu.Unlock()
 			log.Infof("restored LLQ %x for %s dropped: %v", s.id, name, err)
-			l.e.metrics.stateRestored.WithLabelValues("refused").Inc()
+			l.e.metrics.stateReadmitted.WithLabelValues("refused").Inc()
+			continue
+		default:
+			e.mu.Unlock()
+			failed = append(failed, s)
+			l.e.metrics.stateReadmitted.WithLabelValues("unresolved").Inc()
 			continue
 		}
-		told := s.topic.answers
-		e.leave(s, l)
-		e.join(s, l, &j)
-		var changed []dns.RR
-		for k, rr := range told {
-			if _, ok := s.topic.answers[k]; !ok {
-				changed = append(changed, rr)
-			}
-		}
-		for k, rr := range s.topic.answers {
-			if _, ok := told[k]; !ok {
-				changed = append(changed, rr)
-			}
-		}
-		var evs []*event
-		if len(changed) > 0 {
-			evs = l.unsettledEvents(s, changed)
-		}
-		l.gen++
+		evs := l.rejoin(s, j)
 		e.mu.Unlock()
-		e.settle(&j)
-		l.restateRestored(evs, now)
+		admitted++
+		l.e.metrics.stateReadmitted.WithLabelValues("admitted").Inc()
+		l.restateRestored(evs, time.Now())
 	}
+	for _, j := range admissions {
+		e.settle(j)
+	}
+	waiting := append(rest, failed...)
+	if len(waiting) == 0 {
+		return
+	}
+	if admitted > 0 {
+		r.failures = 1
+	} else {
+		r.failures++
+	}
+	delay := retryDelay(r.failures, e.config().poll)
+	log.Infof("%d restored LLQs wait for their backends to answer; next try in %s", len(waiting), delay)
+	r.subs = waiting
+	e.sched.schedule(&r.retry, time.Now().Add(delay))
+}
+
+// rejoin moves s from its provisional topic to j's and returns the events
+// for what changed since it was last told. Call with e.mu held.
+func (l *llqTransport) rejoin(s *llqSub, j *joining) []*event {
+	e := l.e
+	told := s.topic.answers
+	e.leave(s, l)
+	e.join(s, l, j)
+	l.gen++
+	var changed []dns.RR
+	for k, rr := range told {
+		if _, ok := s.topic.answers[k]; !ok {
+			changed = append(changed, rr)
+		}
+	}
+	for k, rr := range s.topic.answers {
+		if _, ok := told[k]; !ok {
+			changed = append(changed, rr)
+		}
+	}
+	if len(changed) == 0 {
+		return nil
+	}
+	return l.unsettledEvents(s, changed)
 }
 
 // restateRestored sends the restored events, now that the listener serves.

@@ -203,7 +203,7 @@ func (l *llqTransport) establish(id uint64, q dns.Question, client netip.AddrPor
 	// the port would not have had llq's block answer gets REFUSED.
 	switch err := j.resolve(e); err {
 	case nil:
-	case errRefused:
+	case errRefused, errBackendRefused:
 		return nil, 0, &setupError{rcode: dns.RcodeRefused}
 	default:
 		return nil, 0, &setupError{code: wire.UnknownErr}

@@ -72,9 +72,10 @@ var (
 	stateWriteSeconds = promauto.NewHistogramVec(prometheus.HistogramOpts{Namespace: plugin.Namespace, Subsystem: "llq",
 		Name: "state_write_duration_seconds", Help: "Time to snapshot, encode and durably write the state file.",
 		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}, []string{listenerLabelName})
-	stateBytes    = gaugeVec("state_file_bytes", "Size of the state file last written.")
-	stateLLQs     = gaugeVec("state_file_llqs", "LLQs in the state file last written.")
-	stateRestored = counterVec("state_restored_total", "LLQs read from the state file at start, by what became of them.", "result")
+	stateBytes        = gaugeVec("state_file_bytes", "Size of the state file last written.")
+	stateLLQs         = gaugeVec("state_file_llqs", "LLQs in the state file last written.")
+	stateRestored     = counterVec("state_restored_total", "LLQs read from the state file at start, by what became of them.", "result")
+	stateReadmissions = counterVec("state_readmissions_total", "Restored LLQs admitted again through their block, dropped as refused, or left waiting for their backend (unresolved), per try.", "result")
 )
 
 // listenerMetrics are one listener's series, looked up once: events and
@@ -106,7 +107,7 @@ type listenerMetrics struct {
 	stateWrites                    *prometheus.CounterVec
 	stateWriteSeconds              prometheus.Observer
 	stateBytes, stateLLQs          prometheus.Gauge
-	stateRestored                  *prometheus.CounterVec
+	stateRestored, stateReadmitted *prometheus.CounterVec
 }
 
 func newListenerMetrics(name string) *listenerMetrics {
@@ -150,6 +151,7 @@ func newListenerMetrics(name string) *listenerMetrics {
 		stateBytes:        stateBytes.With(l),
 		stateLLQs:         stateLLQs.With(l),
 		stateRestored:     stateRestored.MustCurryWith(l),
+		stateReadmitted:   stateReadmissions.MustCurryWith(l),
 	}
 }
 

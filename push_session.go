@@ -315,7 +315,7 @@ func (s *session) subscribe(m dso.Message, t dso.TLV) bool {
 	}
 	switch err := j.resolve(e); err {
 	case nil:
-	case errRefused:
+	case errRefused, errBackendRefused:
 		// The policy an ordinary query from this client meets on
 		// CoreDNS's port (acl, view) refuses it a subscription too.
 		s.respond(m.ID, dns.RcodeRefused)

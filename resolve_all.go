@@ -20,7 +20,7 @@ func askTopic(b *backend, key topicKey, q dns.Question, client netip.AddrPort) r
 		select {
 		case <-b.started:
 		case <-time.After(resolveTimeout):
-			return resolution{rcode: -1}
+			return resolution{rcode: -1, unready: true}
 		}
 	}
 	return resolveAll(b.handler, q.Name, client)

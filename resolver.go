@@ -41,7 +41,7 @@ func (b *backend) lookupFull(q dns.Question, client netip.AddrPort) resolution {
 		select {
 		case <-b.started:
 		case <-time.After(resolveTimeout):
-			return resolution{rcode: -1}
+			return resolution{rcode: -1, unready: true}
 		}
 	}
 	return resolveFull(b.handler, q, client)
@@ -53,6 +53,9 @@ type resolution struct {
 	ok      bool // a usable answer: NOERROR or NXDOMAIN, complete
 	rcode   int  // the answer's rcode, -1 without one
 	reached *LLQ // the llq the question passed through, if any: its block answered
+	// unready: the plugins below llq had not started within
+	// resolveTimeout, so the question was never asked.
+	unready bool
 }
 
 const resolveTimeout = 5 * time.Second

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	ctest "github.com/coredns/coredns/test"
 	"github.com/llqdns/llq/wire"
 	"github.com/miekg/dns"
 )
@@ -409,4 +411,348 @@ func (f *stateFleet) refreshAll(t *testing.T) map[uint16]int {
 	}
 	wg.Wait()
 	return codes
+}
+
+// ---- restarts of an in-process CoreDNS ----
+
+// stateInstance starts CoreDNS from corefile and returns a function that
+// stops it as a clean shutdown does (the state file is written then); the
+// test's cleanup stops it if the test did not.
+func stateInstance(t *testing.T, corefile string) (stop func()) {
+	t.Helper()
+	inst, _, _, err := ctest.CoreDNSServerAndPorts(corefile)
+	if err != nil {
+		t.Fatalf("starting CoreDNS: %v\n%s", err, corefile)
+	}
+	var once sync.Once
+	stop = func() { once.Do(func() { inst.ShutdownCallbacks(); inst.Stop() }) }
+	t.Cleanup(stop)
+	return stop
+}
+
+// recvEvent returns the next event for LLQ id (0: any) that r receives
+// within d, acknowledging it when ack is set; other messages are skipped.
+func recvEvent(t *testing.T, r *raw, id uint64, d time.Duration, ack bool) *dns.Msg {
+	t.Helper()
+	buf := make([]byte, 65535)
+	deadline := time.Now().Add(d)
+	for {
+		r.conn.SetReadDeadline(deadline)
+		n, from, err := r.conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("waiting for an event for LLQ %x: %v", id, err)
+		}
+		m := new(dns.Msg)
+		if from != r.server || m.Unpack(buf[:n]) != nil {
+			continue
+		}
+		opts := wire.Options(m)
+		if len(opts) != 1 || opts[0].Opcode != wire.OpEvent || id != 0 && opts[0].Id != id {
+			continue
+		}
+		if ack {
+			a := new(dns.Msg)
+			a.Id, a.Response, a.Question = m.Id, true, m.Question
+			wire.SetOptions(a, 1232, wire.NewOption(wire.OpEvent, wire.NoError, opts[0].Id, opts[0].LeaseLife))
+			r.send(a)
+		}
+		return m
+	}
+}
+
+// statements turns events' answers into "+NAME A ADDR" and "-NAME A ADDR".
+func statements(msgs ...*dns.Msg) []string {
+	var out []string
+	for _, m := range msgs {
+		for _, rr := range m.Answer {
+			a, ok := rr.(*dns.A)
+			if !ok {
+				continue
+			}
+			sign := "+"
+			if a.Hdr.Ttl == wire.RemoveTTL {
+				sign = "-"
+			}
+			out = append(out, sign+a.Hdr.Name+" A "+a.A.String())
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestStateRestoredWaitsForBackend: restored LLQs whose backend cannot
+// answer when llq starts again (forward to an upstream CoreDNS that is
+// still down) are kept, their refreshes succeed, and once the upstream is
+// up they are admitted and told what changed while llq was down. There
+// are more of them than a round of readmission asks for after failures in
+// a row, so the rounds carry the rest over.
+func TestStateRestoredWaitsForBackend(t *testing.T) {
+	const names = 20
+	rec := func(addr string) []string {
+		var out []string
+		for i := range names {
+			out = append(out, fmt.Sprintf("www%d IN A %s", i, addr))
+		}
+		return out
+	}
+	up := zoneFile(t, "example.org", rec("192.0.2.1")...)
+	upPort := freePort(t)
+	upstream := fmt.Sprintf(`example.org:%d {
+    bind 127.0.0.1
+    file %s
+}
+`, upPort, up.zoneFile)
+	llqPort := freePort(t)
+	statePath := filepath.Join(t.TempDir(), "llq.state")
+	corefile := fmt.Sprintf(`example.org:0 {
+    bind 127.0.0.1
+    llq {
+        listen 127.0.0.1:%d
+        state %s 1h
+    }
+    forward . 127.0.0.1:%d
+}
+`, llqPort, statePath, upPort)
+	llq := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), llqPort)
+
+	stopUp := stateInstance(t, upstream)
+	stop := stateInstance(t, corefile)
+	c := newRaw(t, llq, "")
+	qs := make([]dns.Question, names)
+	ids := make([]uint64, names)
+	for i := range names {
+		qs[i] = question(fmt.Sprintf("www%d.example.org.", i), dns.TypeA)
+		var ack *dns.Msg
+		ids[i], ack = c.establish(qs[i], 3600)
+		if got, want := statements(ack), []string{"+" + qs[i].Name + " A 192.0.2.1"}; !slices.Equal(got, want) {
+			t.Fatalf("ACK told %v, want %v", got, want)
+		}
+	}
+	stop()
+	stopUp()
+	up.setRecords(rec("192.0.2.2")...) // changed while both are down
+
+	unresolved := counter(t, "state_readmissions_total", "result", "unresolved")
+	admitted := counter(t, "state_readmissions_total", "result", "admitted")
+	refused := counter(t, "state_readmissions_total", "result", "refused")
+	stateInstance(t, corefile)
+	eventuallyWithin(t, 60*time.Second, "a readmission to fail for want of the upstream", func() bool { return unresolved() >= 1 })
+	for i := range names {
+		if o := c.refresh(qs[i], ids[i], 3600); o.Error != wire.NoError {
+			t.Fatalf("refresh of an LLQ waiting for its backend: %s", wire.ErrorName(o.Error))
+		}
+	}
+	tries := unresolved()
+
+	stateInstance(t, upstream)
+	want := make(map[uint64][]string)
+	for i := range names {
+		want[ids[i]] = []string{"+" + qs[i].Name + " A 192.0.2.2", "-" + qs[i].Name + " A 192.0.2.1"}
+	}
+	toldEach(t, c, want)
+	if a, r := admitted(), refused(); a != names || r != 0 {
+		t.Fatalf("readmissions: %v admitted, %v refused; want %d and 0", a, r, names)
+	}
+	t.Logf("%v failed tries before the refreshes (%d LLQs)", tries, names)
+	for i := range names {
+		if o := c.refresh(qs[i], ids[i], 3600); o.Error != wire.NoError {
+			t.Fatalf("refresh after the readmission: %s", wire.ErrorName(o.Error))
+		}
+	}
+}
+
+// TestStateRestoredViews: two view blocks for one zone share llq's
+// listener and its state file. After a restart, each restored LLQ goes
+// back to its own view's topic: its client is told what changed in its
+// view while llq was down, and later hears of its view's changes alone.
+func TestStateRestoredViews(t *testing.T) {
+	za := zoneFile(t, "a", "www IN A 192.0.2.1")
+	zb := zoneFile(t, "b", "www IN A 198.51.100.1")
+	llqPort := freePort(t)
+	statePath := filepath.Join(t.TempDir(), "llq.state")
+	block := fmt.Sprintf(`llq {
+        listen 127.0.0.1:%d
+        state %s 1h
+    }`, llqPort, statePath)
+	corefile := `example.org:0 {
+    bind 127.0.0.1
+    view two {
+        expr incidr(client_ip(), '127.0.0.2/32')
+    }
+    ` + block + `
+    file ` + za.zoneFile + ` {
+        reload 100ms
+    }
+}
+example.org:0 {
+    bind 127.0.0.1
+    ` + block + `
+    file ` + zb.zoneFile + ` {
+        reload 100ms
+    }
+}
+`
+	llq := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), llqPort)
+	stop := stateInstance(t, corefile)
+	two := newRaw(t, llq, "127.0.0.2:0")
+	one := newRaw(t, llq, "127.0.0.1:0")
+	q := question("www.example.org.", dns.TypeA)
+	idTwo, ackTwo := two.establish(q, 3600)
+	idOne, ackOne := one.establish(q, 3600)
+	if got := statements(ackTwo); !slices.Equal(got, []string{"+www.example.org. A 192.0.2.1"}) {
+		t.Fatalf("view two's ACK told %v", got)
+	}
+	if got := statements(ackOne); !slices.Equal(got, []string{"+www.example.org. A 198.51.100.1"}) {
+		t.Fatalf("the default view's ACK told %v", got)
+	}
+	stop()
+	za.setRecords("www IN A 192.0.2.2")
+	zb.setRecords("www IN A 198.51.100.2")
+
+	stateInstance(t, corefile)
+	if got, want := statements(recvEvent(t, two, idTwo, 30*time.Second, true)),
+		[]string{"+www.example.org. A 192.0.2.2", "-www.example.org. A 192.0.2.1"}; !slices.Equal(got, want) {
+		t.Fatalf("view two's client told %v after the restart, want %v", got, want)
+	}
+	if got, want := statements(recvEvent(t, one, idOne, 30*time.Second, true)),
+		[]string{"+www.example.org. A 198.51.100.2", "-www.example.org. A 198.51.100.1"}; !slices.Equal(got, want) {
+		t.Fatalf("the default view's client told %v after the restart, want %v", got, want)
+	}
+
+	// Each is in its view's topic now: a change to view two's zone reaches
+	// its client alone, then one to the default view's zone the other.
+	za.setRecords("www IN A 192.0.2.3")
+	if got, want := statements(recvEvent(t, two, idTwo, 30*time.Second, true)),
+		[]string{"+www.example.org. A 192.0.2.3", "-www.example.org. A 192.0.2.2"}; !slices.Equal(got, want) {
+		t.Fatalf("view two's client told %v, want %v", got, want)
+	}
+	zb.setRecords("www IN A 198.51.100.3")
+	if got, want := statements(recvEvent(t, one, idOne, 30*time.Second, true)),
+		[]string{"+www.example.org. A 198.51.100.3", "-www.example.org. A 198.51.100.2"}; !slices.Equal(got, want) {
+		t.Fatalf("the default view's client told %v, want %v", got, want)
+	}
+	if m, quiet := quietRaw(two, 300*time.Millisecond); !quiet {
+		t.Fatalf("view two's client got the default view's change: %v", m)
+	}
+	for _, c := range []struct {
+		r  *raw
+		id uint64
+	}{{two, idTwo}, {one, idOne}} {
+		if o := c.r.refresh(q, c.id, 3600); o.Error != wire.NoError {
+			t.Fatalf("refresh of restored LLQ %x: %s", c.id, wire.ErrorName(o.Error))
+		}
+	}
+}
+
+// TestStateRestoredUnprovenPort: an LLQ set up over TCP names a UDP event
+// port that never acknowledges. It gets the one packet such a port may
+// get, and its later news (192.0.2.9 added) is held. After a restart it
+// still has not proven itself: it gets nothing, though a proven subscriber
+// to the same question hears of the changes, until it sends a refresh from
+// the port. Then it is told the truth of every record it was not told:
+// held before the restart (the file keeps held news) or since.
+func TestStateRestoredUnprovenPort(t *testing.T) {
+	z := zoneFile(t, "example.org", "www IN A 192.0.2.1")
+	llqPort := freePort(t)
+	statePath := filepath.Join(t.TempDir(), "llq.state")
+	corefile := fmt.Sprintf(`example.org:0 {
+    bind 127.0.0.1
+    llq {
+        listen 127.0.0.1:%d
+        state %s 1h
+        retransmit 200ms 3
+    }
+    file %s {
+        reload 100ms
+    }
+}
+`, llqPort, statePath, z.zoneFile)
+	llq := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), llqPort)
+	stop := stateInstance(t, corefile)
+	q := question("www.example.org.", dns.TypeA)
+
+	victim := newRaw(t, llq, "")
+	setup := llqMsg(q, wire.OpSetup, 0, 3600)
+	wire.Options(setup)[0].Error = uint16(victim.conn.LocalAddr().(*net.UDPAddr).Port)
+	tc := &dns.Client{Net: "tcp", Timeout: 5 * time.Second}
+	r, _, err := tc.Exchange(setup, llq.String())
+	if err != nil {
+		t.Fatalf("setup over TCP: %v", err)
+	}
+	o := option(t, r)
+	if o.Error != wire.NoError || o.Id == 0 {
+		t.Fatalf("setup over TCP refused: %v", o)
+	}
+	vid := o.Id
+	marker := newRaw(t, llq, "")
+	mid, _ := marker.establish(q, 3600)
+
+	// The first change: the one packet an unproven port may get. The
+	// second is held.
+	z.setRecords("www IN A 192.0.2.2")
+	recvEvent(t, marker, mid, 30*time.Second, true)
+	recvEvent(t, victim, vid, 30*time.Second, false)
+	z.setRecords("www IN A 192.0.2.2", "www IN A 192.0.2.9")
+	recvEvent(t, marker, mid, 30*time.Second, true)
+	stop()
+
+	z.setRecords("www IN A 192.0.2.4", "www IN A 192.0.2.9") // while llq is down
+	stateInstance(t, corefile)
+	// The marker's last acknowledgement may have come after the stop: then
+	// that event is stated again too.
+	toldAll(t, marker, mid, []string{"+www.example.org. A 192.0.2.4", "-www.example.org. A 192.0.2.2"}, "+www.example.org. A 192.0.2.9")
+	z.setRecords("www IN A 192.0.2.5", "www IN A 192.0.2.9") // after the restart
+	toldAll(t, marker, mid, []string{"+www.example.org. A 192.0.2.5", "-www.example.org. A 192.0.2.4"})
+	if m, quiet := quietRaw(victim, 500*time.Millisecond); !quiet {
+		t.Fatalf("the unproven port got a packet after the restart:\n%v", m)
+	}
+
+	// The port proves itself with a refresh sent from it.
+	if o := victim.refresh(q, vid, 3600); o.Error != wire.NoError {
+		t.Fatalf("refresh from the event port: %s", wire.ErrorName(o.Error))
+	}
+	// Every record it may not know the truth of: the first packet's,
+	// which it never acknowledged, those held before the restart, and
+	// those of the changes since. The news may take more than one packet.
+	want := []string{"+www.example.org. A 192.0.2.5", "+www.example.org. A 192.0.2.9",
+		"-www.example.org. A 192.0.2.1", "-www.example.org. A 192.0.2.2", "-www.example.org. A 192.0.2.4"}
+	toldAll(t, victim, vid, want)
+}
+
+// toldAll acknowledges r's events for LLQ id until they have stated every
+// statement of want, and fails at one that is neither in want nor in also.
+func toldAll(t *testing.T, r *raw, id uint64, want []string, also ...string) {
+	t.Helper()
+	toldEach(t, r, map[uint64][]string{id: want}, also...)
+}
+
+// toldEach is toldAll for several LLQs of one socket, whose events come
+// interleaved: each is acknowledged as it comes.
+func toldEach(t *testing.T, r *raw, want map[uint64][]string, also ...string) {
+	t.Helper()
+	seen := map[uint64]map[string]bool{}
+	missing := 0
+	for id, w := range want {
+		seen[id] = map[string]bool{}
+		missing += len(w)
+	}
+	for missing > 0 {
+		m := recvEvent(t, r, 0, 30*time.Second, true)
+		id := wire.Options(m)[0].Id
+		w, ok := want[id]
+		if !ok {
+			continue
+		}
+		for _, st := range statements(m) {
+			switch {
+			case slices.Contains(w, st):
+				if !seen[id][st] {
+					seen[id][st] = true
+					missing--
+				}
+			case !slices.Contains(also, st):
+				t.Fatalf("LLQ %x told %s; want %v", id, st, w)
+			}
+		}
+	}
 }
