@@ -199,6 +199,11 @@ func decodeBody(b []byte) (*snapshot, error) {
 			break
 		}
 		t.q = m.Question[0]
+		if !servable(t.q) {
+			// No setup could have made it (see llq_protocol.go).
+			r.fail("topic %s: class %d type %d cannot be subscribed to", t.q.Name, t.q.Qclass, t.q.Qtype)
+			break
+		}
 		t.answers = m.Answer
 		if !plainAnswers(t.answers) {
 			r.fail("topic %s: an OPT record among its answers", t.q.Name)

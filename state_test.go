@@ -2,12 +2,14 @@ package llq
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -146,6 +148,8 @@ func TestStateInvalidBody(t *testing.T) {
 		"unspecified":    func(s *snapshot) { s.topics[0].llqs[0].client = netip.MustParseAddrPort("0.0.0.0:53") },
 		"multicast":      func(s *snapshot) { s.topics[0].llqs[0].client = netip.MustParseAddrPort("224.0.0.251:5353") },
 		"small UDP size": func(s *snapshot) { s.topics[0].llqs[0].udpSize = 511 },
+		"CHAOS question": func(s *snapshot) { s.topics[0].q.Qclass = dns.ClassCHAOS },
+		"ANY question":   func(s *snapshot) { s.topics[1].q.Qtype = dns.TypeANY },
 		"OPT among answers": func(s *snapshot) {
 			s.topics[0].answers = append(s.topics[0].answers, &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}})
 		},
@@ -237,9 +241,11 @@ func TestStateKey(t *testing.T) {
 }
 
 // FuzzLoad feeds the state loader arbitrary files. Whatever they hold it
-// must not panic, and whatever it accepts must be sound and encode back to
-// an equivalent file. The body is fuzzed both as the whole file, which the
-// MAC nearly always stops, and re-signed, which reaches the parser.
+// must not panic, and whatever it accepts must be sound, encode back to an
+// equivalent file, and restore into an engine's table consistently, leaving
+// nothing behind once its LLQs are gone. The body is fuzzed both as the
+// whole file, which the MAC nearly always stops, and re-signed, which
+// reaches the parser.
 func FuzzLoad(f *testing.F) {
 	for _, snap := range []*snapshot{{saved: time.UnixMilli(1)}, testSnapshot(f, 1, 1), testSnapshot(f, 2, 3)} {
 		b, err := encodeState(snap, testStateKey)
@@ -249,7 +255,7 @@ func FuzzLoad(f *testing.F) {
 		f.Add(b)
 		f.Add(b[:len(b)/2])
 	}
-	f.Add([]byte(stateMagic + "\x00\x01"))
+	f.Add(binary.BigEndian.AppendUint16([]byte(stateMagic), stateVersion))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if snap, err := decodeState(data, testStateKey); err == nil {
 			checkLoaded(t, snap)
@@ -265,6 +271,7 @@ func FuzzLoad(f *testing.F) {
 			return
 		}
 		checkLoaded(t, snap)
+		checkRestored(t, snap)
 		again, err := encodeState(snap, testStateKey)
 		if err != nil {
 			return // a record miekg/dns unpacks but cannot pack again
@@ -279,8 +286,80 @@ func FuzzLoad(f *testing.F) {
 
 // resigned puts the current header on body and signs it.
 func resigned(body []byte) []byte {
-	b := append([]byte(stateMagic+"\x00\x01"), body[len(stateMagic)+2:]...)
+	b := binary.BigEndian.AppendUint16([]byte(stateMagic), stateVersion)
+	b = append(b, body[len(stateMagic)+2:]...)
 	return append(b, stateMAC(testStateKey, b)...)
+}
+
+// fuzzEngine is one engine for every input a fuzzing process tries: its
+// listener would cost each input a socket.
+var fuzzEngine struct {
+	sync.Once
+	e   *Engine
+	err error
+}
+
+// checkRestored restores snap, as if saved just now, into an engine with
+// no backend, packs the events the restart would send (without sending
+// them: the addresses are the fuzzer's), checks that the table is
+// consistent, then drops every LLQ and checks that nothing is left.
+func checkRestored(t *testing.T, snap *snapshot) {
+	t.Helper()
+	fuzzEngine.Do(func() {
+		cfg := defaultConfig()
+		cfg.listen = "127.0.0.1:0"
+		cfg.poll = 0
+		fuzzEngine.e, fuzzEngine.err = newEngine(cfg)
+	})
+	e := fuzzEngine.e
+	if fuzzEngine.err != nil {
+		t.Fatal(fuzzEngine.err)
+	}
+	l := e.llq
+	now := time.Now()
+	timers := e.sched.len()
+	saved := *snap
+	saved.saved = now
+	evs := l.restore(&saved, now)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, ev := range evs {
+		if !ev.sub.gone() {
+			l.restate(ev, now) // packs it; an error would be logged, and the event retried
+		}
+	}
+	inTopics, perClient := 0, 0
+	for k, tp := range e.topics {
+		if tp.key != k || !k.provisional() {
+			t.Fatalf("topic %+v under key %+v", tp.key, k)
+		}
+		for x := range tp.subs {
+			s := x.(*llqSub)
+			if s.topic != tp || l.subs[s.id] != s {
+				t.Fatalf("LLQ %x in topic %v is not in the table", s.id, k)
+			}
+			inTopics++
+		}
+	}
+	for _, n := range l.perClient {
+		perClient += n
+	}
+	if inTopics != len(l.subs) || perClient != len(l.subs) || len(l.restored) != len(l.subs) {
+		t.Fatalf("%d LLQs in the table, %d in topics, %d counted per client, %d to readmit", len(l.subs), inTopics, perClient, len(l.restored))
+	}
+	if len(l.subs) > snap.llqs() {
+		t.Fatalf("%d LLQs restored from a file of %d", len(l.subs), snap.llqs())
+	}
+	for _, s := range l.subs {
+		l.drop(s)
+	}
+	l.restored = nil
+	if len(l.subs) != 0 || len(e.topics) != 0 || len(e.questions) != 0 || len(l.perClient) != 0 {
+		t.Fatalf("left behind: %d LLQs, %d topics, %d questions, %d clients", len(l.subs), len(e.topics), len(e.questions), len(l.perClient))
+	}
+	if n := e.sched.len(); n != timers {
+		t.Fatalf("%d timers armed after every LLQ left, %d before", n, timers)
+	}
 }
 
 func checkLoaded(t *testing.T, snap *snapshot) {
