@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/llqdns/llq/wire"
 	"github.com/miekg/dns"
 )
 
@@ -69,6 +70,34 @@ func (l *llqTransport) endPrivate(sess *session) {
 	for _, s := range sess.llqs {
 		l.drop(s)
 	}
+}
+
+// servFull answers an LLQ request b on a session over a session limit:
+// every LLQ SERV-FULL, with the time to wait in LLQ-LEASE (RFC 8764 section
+// 3.2), as the Retry Delay of a SUBSCRIBE there says. nil when b is no LLQ
+// request.
+func servFull(b []byte, wait time.Duration) []byte {
+	m := new(dns.Msg)
+	if m.Unpack(b) != nil || m.Response {
+		return nil
+	}
+	opts := wire.Options(m)
+	if len(opts) == 0 {
+		return nil
+	}
+	reply := new(dns.Msg)
+	reply.SetReply(m)
+	lease := uint32(max(time.Second, wait) / time.Second)
+	out := make([]*dns.EDNS0_LLQ, len(opts))
+	for i, o := range opts {
+		out[i] = wire.NewOption(o.Opcode, wire.ServFull, o.Id, lease)
+	}
+	wire.SetOptions(reply, dns.MinMsgSize, out...)
+	packed, err := reply.Pack()
+	if err != nil {
+		return nil
+	}
+	return packed
 }
 
 // privateSize is the size a private LLQ's events are split to: a whole

@@ -1,7 +1,9 @@
 package llq
 
 import (
+	"errors"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -184,4 +186,24 @@ func sessionOf(t *testing.T, env *testEnv) *session {
 	}
 	t.Fatal("no session")
 	return nil
+}
+
+// A TLS session over max-sessions gets SERV-FULL for its LLQ, with the
+// Retry Delay as the time to wait, and is closed; no LLQ is made.
+func TestPrivateLLQOverSessionLimit(t *testing.T) {
+	env, ca := newPushEnv(t, func(c *config) { c.maxSessions = 1; c.retryDelay = 3 * time.Second })
+	first := dialPrivate(t, env, ca)
+	wantOpt(t, only(t, first.exchange(llqMsg(1, 1232, []dns.Question{question("www.example.org.", dns.TypeA)}, setupOpt(0, 3600)))),
+		wire.OpSetup, wire.NoError)
+	over := dialPrivate(t, env, ca)
+	r := over.exchange(llqMsg(2, 1232, []dns.Question{question("ns1.example.org.", dns.TypeA)}, setupOpt(0, 3600)))
+	if o := only(t, r); o.Error != wire.ServFull || o.LeaseLife != 3 || len(r.Answer) != 0 {
+		t.Fatalf("over max-sessions: %v", r)
+	}
+	if _, err := over.read(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the session over the limit is still open: %v", err)
+	}
+	if st := env.e.Stats(); st.LLQs != 1 {
+		t.Fatalf("stats %+v", st)
+	}
 }

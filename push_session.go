@@ -428,13 +428,17 @@ func (s *session) reconfirm(rr dns.RR) {
 
 // query answers a message that is not DSO: an LLQ request or an event
 // acknowledgement (private LLQ, llq_private.go) or anything else, which the
-// LLQ transport refuses. A session over a session limit gets no LLQ: it is
-// closed.
+// LLQ transport refuses. A session over a session limit gets no LLQ: its
+// request is answered SERV-FULL, and the session ends.
 func (s *session) query(b []byte) bool {
+	e := s.p.e
 	if s.refuse {
+		if reply := servFull(b, e.config().retryDelay); reply != nil {
+			s.out.frame(reply)
+		}
+		s.out.finish()
 		return false
 	}
-	e := s.p.e
 	reply := e.llq.servePrivate(b, s)
 	if reply != nil {
 		s.out.frame(reply)
