@@ -452,3 +452,47 @@ func TestPrivateLLQ(t *testing.T) {
 	conn.Close()
 	eventually(t, "the LLQ gone with its connection", func() bool { return metric(t, "subscriptions") == live })
 }
+
+// TestDNSPushKeepalive: in CoreDNS, a client's Keepalive gets the timers it
+// asks for within the server's (1 h and 1 min by default), and its session
+// is held to them: asking for a 1 s inactivity timeout, a session without
+// a subscription is closed (after RFC 8490's 5 s floor) and counted idle.
+func TestDNSPushKeepalive(t *testing.T) {
+	_, _, tlsAddr, pool := pushServer(t, "www IN A 192.0.2.1")
+	idle := counter(t, "push_sessions_ended_total", "reason", "idle")
+	c, err := dialDSO(t, tlsAddr, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ask := func(id uint16, k dso.Keepalive) dso.Keepalive {
+		t.Helper()
+		c.b.Start(id, false, 0)
+		c.b.Keepalive(k)
+		c.send()
+		for {
+			m, err := c.read()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !m.Response || m.ID != id {
+				continue
+			}
+			p, _ := m.Primary()
+			got, err := dso.ParseKeepalive(p)
+			if m.Rcode != dns.RcodeSuccess || err != nil {
+				t.Fatalf("Keepalive response: rcode %d, %v", m.Rcode, err)
+			}
+			return got
+		}
+	}
+	if got := ask(1, dso.Keepalive{Inactivity: dso.Infinite, Interval: dso.Infinite}); got != (dso.Keepalive{Inactivity: 60000, Interval: 3600000}) {
+		t.Fatalf("asking for infinity: %+v, want the server's 1 min and 1 h", got)
+	}
+	if got := ask(2, dso.Keepalive{Inactivity: 1000, Interval: 20000}); got != (dso.Keepalive{Inactivity: 1000, Interval: 20000}) {
+		t.Fatalf("asking for 1 s and 20 s: %+v", got)
+	}
+	if _, err := c.read(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the idle session was not closed: %v", err)
+	}
+	eventually(t, "the session counted idle", func() bool { return idle() == 1 })
+}
