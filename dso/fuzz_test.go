@@ -176,7 +176,10 @@ func checkTLV(t *testing.T, m Message, tlv TLV) {
 			return // miekg/dns unpacks some RDATA it will not pack again
 		}
 		m2, _ := Parse(b.Message())
-		if rr2, err := ParseReconfirm(m2, primary(t, &b)); err != nil || !dns.IsDuplicate(rr, rr2) {
+		// Compared on the wire: miekg/dns unpacks some RDATA (a URI target
+		// holding a backslash) to a string that packs to other bytes, so
+		// the parsed record is no fixed point, while the bytes sent are.
+		if rr2, err := ParseReconfirm(m2, primary(t, &b)); err != nil || !sameWire(rr, rr2) {
 			t.Fatalf("reconfirm %v came back %v %v", rr, rr2, err)
 		}
 	case TypePush:
@@ -226,6 +229,14 @@ func miekgRoundTrips(rr dns.RR) bool {
 	}
 	var back dns.Msg
 	return back.Unpack(b) == nil && len(back.Answer) == 1 && back.Answer[0].String() == rr.String()
+}
+
+// sameWire reports whether a and b pack to the same bytes.
+func sameWire(a, b dns.RR) bool {
+	wa, wb := make([]byte, dns.MaxMsgSize), make([]byte, dns.MaxMsgSize)
+	na, ea := dns.PackRR(a, wa, 0, nil, false)
+	nb, eb := dns.PackRR(b, wb, 0, nil, false)
+	return ea == nil && eb == nil && bytes.Equal(wa[:na], wb[:nb])
 }
 
 func primary(t *testing.T, b *Builder) TLV {
