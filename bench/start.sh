@@ -6,7 +6,7 @@ mkdir -p "$out"
 go build -o "$out/coredns" ./cmd/coredns
 go build -o "$out/llq" ./cmd/llq
 printf '$ORIGIN example.org.\n@ 3600 IN SOA ns1 hostmaster 1 7200 3600 1209600 3600\n@ 3600 IN NS ns1\nns1 3600 IN A 127.0.0.1\n' >"$out/db.example.org"
-sed "s#/tmp/llq-bench#$out#" "bench/$1" >"$out/$1"
+sed "s#/tmp/llq-bench#$out#g" "bench/$1" >"$out/$1"
 "$out/coredns" -conf "$out/$1" >"$out/$1.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT

@@ -26,6 +26,7 @@ import (
 )
 
 const benchHelp = `usage: llq bench @SERVER[:PORT] [flags]
+       llq bench push @SERVER[:PORT] [flags]   (DNS Push: see llq bench push -h)
 
 Drives many LLQ clients against SERVER: full four-way setups, event acks,
 refreshes and terminations, with optional packet loss in both directions.
@@ -85,6 +86,9 @@ type benchArgs struct {
 }
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "push" {
+		return runBenchPush(ctx, args[1:], stdout, stderr)
+	}
 	b, err := parseBench(args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK

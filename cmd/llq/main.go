@@ -1,7 +1,7 @@
 // Command llq is a client for DNS Long-Lived Queries (RFC 8764).
 //
 //	llq watch NAME [TYPE] [@SERVER[:PORT]] [flags]
-//	llq bench @SERVER[:PORT] [flags]
+//	llq bench [push] @SERVER[:PORT] [flags]
 //	llq soak @SERVER[:PORT] -dns HOST:PORT -zone FILE [flags]
 //
 // Each subcommand lives in its own file and registers in commands.
@@ -26,7 +26,7 @@ type command struct {
 
 var commands = []command{
 	{"watch", "NAME [TYPE] [@SERVER[:PORT]] [flags]", "follow the answers to a question live over LLQ", runWatch},
-	{"bench", "@SERVER[:PORT] [flags]", "load an LLQ server with many clients and report the figures", runBench},
+	{"bench", "[push] @SERVER[:PORT] [flags]", "load an LLQ (or with push, a DNS Push) server with many clients and report the figures", runBench},
 	{"soak", "@SERVER[:PORT] -dns HOST:PORT -zone FILE [flags]", "run clients under churn and loss for long; check convergence and leaks", runSoak},
 }
 
