@@ -16,13 +16,20 @@
 // interval), so that file and hosts changes land at uniformly random points
 // of those plugins' reload ticks.
 //
+// With -proto push, the subscriber is a DNS Push client (client.DialPush)
+// on llq's TLS listener instead, and the latency ends when the PUSH
+// message reaches it (its OnMessage hook, before the client acts on it).
+//
 //	go run ./bench/trigger-latency -n 200
+//	go run ./bench/trigger-latency -n 200 -proto push
 package main
 
 import (
 	"context"
+	"crypto/tls"
 	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -61,8 +68,13 @@ func main() {
 	reload := flag.Duration("reload", 100*time.Millisecond, "reload interval of the hosts and file plugins")
 	pause := flag.Duration("pause", 100*time.Millisecond, "largest random pause between changes; at least -reload, so that file and hosts changes land at uniformly random points of the reload tick")
 	debounce := flag.Duration("debounce", 5*time.Millisecond, "llq's debounce (its default is 5ms)")
+	proto := flag.String("proto", "llq", "the subscriber's protocol: llq (events over UDP) or push (DNS Push over TLS)")
 	flag.Parse()
-	if err := run(*n, strings.Split(*which, ","), *reload, *pause, *debounce); err != nil {
+	if *proto != "llq" && *proto != "push" {
+		fmt.Fprintln(os.Stderr, "trigger-latency: -proto is llq or push")
+		os.Exit(2)
+	}
+	if err := run(*n, strings.Split(*which, ","), *reload, *pause, *debounce, *proto == "push"); err != nil {
 		fmt.Fprintln(os.Stderr, "trigger-latency:", err)
 		os.Exit(1)
 	}
@@ -150,7 +162,25 @@ func (a *arrivals) hook(dir client.Direction, _ netip.AddrPort, b []byte) {
 	}
 }
 
-func run(n int, which []string, reload, pause, debounce time.Duration) error {
+// subscriber is what run needs of an LLQ or a DNS Push client.
+type subscriber interface {
+	subscribe(ctx context.Context, q dns.Question) (io.Closer, error)
+	Close() error
+}
+
+type llqSubscriber struct{ *client.Client }
+
+func (c llqSubscriber) subscribe(ctx context.Context, q dns.Question) (io.Closer, error) {
+	return c.Subscribe(ctx, q)
+}
+
+type pushSubscriber struct{ *client.PushClient }
+
+func (c pushSubscriber) subscribe(ctx context.Context, q dns.Question) (io.Closer, error) {
+	return c.Subscribe(ctx, q)
+}
+
+func run(n int, which []string, reload, pause, debounce time.Duration, push bool) error {
 	dir, err := os.MkdirTemp("", "trigger-latency")
 	if err != nil {
 		return err
@@ -188,7 +218,23 @@ func run(n int, which []string, reload, pause, debounce time.Duration) error {
 		return err
 	}
 	llqAddr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(lp))
-	llqBlock := fmt.Sprintf("llq {\n        listen %s\n        poll 0\n        debounce %s\n    }", llqAddr, debounce)
+	tlsOpts := ""
+	var tlsAddr netip.AddrPort
+	var clientTLS *tls.Config
+	if push {
+		cert, key, conf, err := makeCert(dir)
+		if err != nil {
+			return err
+		}
+		tp, err := freePort()
+		if err != nil {
+			return err
+		}
+		tlsAddr = netip.AddrPortFrom(llqAddr.Addr(), uint16(tp))
+		tlsOpts = fmt.Sprintf("\n        tls %s %s\n        tls-listen %s", cert, key, tlsAddr)
+		clientTLS = conf
+	}
+	llqBlock := fmt.Sprintf("llq {\n        listen %s\n        poll 0\n        debounce %s%s\n    }", llqAddr, debounce, tlsOpts)
 	corefile := fmt.Sprintf(`etcd.example:0 {
     bind 127.0.0.1
     %[1]s
@@ -226,9 +272,21 @@ file.example:0 {
 	time.Sleep(200 * time.Millisecond) // the etcd watch and the first zone scans
 
 	arr := &arrivals{ch: make(map[string]chan time.Time)}
-	c, err := client.Dial(llqAddr, client.Options{OnPacket: arr.hook})
-	if err != nil {
-		return err
+	var c subscriber
+	if push {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		pc, err := client.DialPush(ctx, tlsAddr, client.PushOptions{TLS: clientTLS, OnMessage: arr.pushHook})
+		cancel()
+		if err != nil {
+			return err
+		}
+		c = pushSubscriber{pc}
+	} else {
+		lc, err := client.Dial(llqAddr, client.Options{OnPacket: arr.hook})
+		if err != nil {
+			return err
+		}
+		c = llqSubscriber{lc}
 	}
 	defer c.Close()
 
@@ -249,7 +307,11 @@ file.example:0 {
 		},
 	}
 
-	fmt.Printf("changes per trigger: %d; hosts/file reload %s; llq debounce %s; random pause up to %s between changes\n", n, reload, debounce, pause)
+	proto := "LLQ event over UDP"
+	if push {
+		proto = "DNS Push PUSH over TLS"
+	}
+	fmt.Printf("subscriber: %s; changes per trigger: %d; hosts/file reload %s; llq debounce %s; random pause up to %s between changes\n", proto, n, reload, debounce, pause)
 	fmt.Printf("%-14s %8s %8s %8s %8s %8s %8s %5s\n", "trigger", "min", "p50", "p90", "p99", "max", "mean", "lost")
 	for _, name := range which {
 		change, ok := changes[name]
@@ -262,10 +324,18 @@ file.example:0 {
 		arr.ch[qname] = ch
 		arr.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		sub, err := c.Subscribe(ctx, dns.Question{Name: qname, Qtype: dns.TypeA, Qclass: dns.ClassINET})
+		sub, err := c.subscribe(ctx, dns.Question{Name: qname, Qtype: dns.TypeA, Qclass: dns.ClassINET})
 		cancel()
 		if err != nil {
 			return fmt.Errorf("subscribing to %s: %v", qname, err)
+		}
+		if push {
+			// The initial PUSH of the subscription's answers is no change.
+			select {
+			case <-ch:
+			case <-time.After(5 * time.Second):
+				return fmt.Errorf("no initial PUSH for %s", qname)
+			}
 		}
 		var fromIssue, fromReturn []time.Duration
 		lost := 0

@@ -81,6 +81,7 @@ type pushBench struct {
 	child        bool
 	watchers     int
 	pidFile      string
+	hold         time.Duration
 }
 
 func runBenchPush(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -130,6 +131,7 @@ func parseBenchPush(args []string, help io.Writer) (*pushBench, error) {
 	fs.BoolVar(&p.child, "baseline-child", false, "(internal) hold the baseline's connections for the parent bench")
 	fs.IntVar(&p.watchers, "watchers", 0, "restart mode: this many client.Watch followers (see above)")
 	fs.StringVar(&p.pidFile, "pidfile", "", "restart mode: file holding the server's current process ID")
+	fs.DurationVar(&p.hold, "hold", 0, "hold the sessions this long once open, before the rounds (to profile the server)")
 	pos, err := parseInterspersed(fs, args)
 	if errors.Is(err, flag.ErrHelp) {
 		printHelp(help, fs, benchPushHelp)
@@ -339,6 +341,10 @@ func (p *pushBench) run(ctx context.Context, out io.Writer) error {
 		if p.pid > 0 && perConn > 0 {
 			rep.row("RSS per session / per bare connection (target <= 1.5)", "**%.2f**", perSession/perConn)
 		}
+	}
+	if p.hold > 0 {
+		fmt.Fprintf(out, "| holding | %s |\n", p.hold)
+		time.Sleep(p.hold)
 	}
 	if p.zone != "" {
 		if err := p.fanOutRounds(ctx, rep, zb, cl, st, conns, child); err != nil {
