@@ -98,7 +98,7 @@ func (s *session) serve(handshakeTimeout time.Duration) {
 	}
 	s.conn = tc
 	s.out.setConn(tc, s.p.e.config().maxQueued)
-	go s.out.write()
+	s.out.kick() // what was queued during the handshake (a Retry Delay)
 	started = true
 	s.idleSince = time.Now()
 	var buf []byte

@@ -15,6 +15,11 @@ import (
 // order. The writer builds the PUSH messages when it gets to them, so
 // that everything ready goes in as few messages as fit (RFC 8765 section
 // 6.3.1), and writes them in one go.
+//
+// The writer goroutine runs only while there is something to write: most
+// sessions are idle most of the time, and a goroutine parked per session
+// would cost each of them a stack (measured with llq bench push, about a
+// sixth of a session's memory).
 type outQueue struct {
 	mu       sync.Mutex
 	conn     net.Conn
@@ -25,7 +30,8 @@ type outQueue struct {
 	over     bool // dropped for queueing more than max
 	stopping bool
 	retryAt  time.Time // once the Retry Delay is out: when the client must have closed
-	wake     chan struct{}
+	running  bool      // a writer goroutine is at work
+	ended    bool      // no writer will run again: done is closed
 	done     chan struct{}
 	metrics  *listenerMetrics
 }
@@ -42,14 +48,30 @@ const writeTimeout = 30 * time.Second
 
 func (q *outQueue) init(m *listenerMetrics) {
 	q.metrics = m
-	q.wake = make(chan struct{}, 1)
 	q.done = make(chan struct{})
 }
 
+// kick starts the writer when there is work for it and it is not running:
+// output queued, or the queue stopping. Before setConn it waits.
 func (q *outQueue) kick() {
-	select {
-	case q.wake <- struct{}{}:
-	default:
+	q.mu.Lock()
+	q.kickLocked()
+	q.mu.Unlock()
+}
+
+func (q *outQueue) kickLocked() {
+	if !q.running && !q.ended && q.conn != nil && (len(q.items) > 0 || q.stopping) {
+		q.running = true
+		go q.write()
+	}
+}
+
+// endLocked marks that no writer will run again.
+func (q *outQueue) endLocked() {
+	q.running = false
+	if !q.ended {
+		q.ended = true
+		close(q.done)
 	}
 }
 
@@ -77,7 +99,7 @@ func (q *outQueue) push(it outItem, size int) {
 			q.conn.SetWriteDeadline(grace)
 			q.conn.SetReadDeadline(grace)
 		}
-		q.kick()
+		q.kickLocked()
 	}
 }
 
@@ -182,44 +204,46 @@ func (q *outQueue) stop() {
 
 var builders = sync.Pool{New: func() any { return new(dso.Builder) }}
 
-// write is the session's writer goroutine.
+// batches hold the bytes of one write; shared, as the writers are.
+var batches = sync.Pool{New: func() any { return new([]byte) }}
+
+// write is the session's writer goroutine: it writes what is queued until
+// the queue is empty, then ends (and with the queue stopping, ends it).
 func (q *outQueue) write() {
-	defer close(q.done)
-	var spare []outItem
-	var batch []byte
-	for range q.wake {
-		q.mu.Lock()
-		items, conn, stopping, final := q.items, q.conn, q.stopping, q.final
-		q.items, q.bytes = spare[:0], 0
-		spare = nil // q.items has it now, even when this round has nothing to write
-		q.mu.Unlock()
-		if len(items) > 0 {
-			batch = encode(batch[:0], items, q.metrics.pushesSent)
-			clear(items) // let go of the records
-			spare = items
-			conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-			if _, err := conn.Write(batch); err != nil {
-				conn.Close()
-				return
-			}
-			if cap(batch) > 64<<10 {
-				batch = nil // a burst's buffer is not kept for a quiet session
-			}
-			if final {
-				q.mu.Lock()
-				q.retryAt = time.Now().Add(dso.RetryCloseGrace)
-				q.mu.Unlock()
-				conn.SetReadDeadline(q.closeBy())
-			}
+	bp := batches.Get().(*[]byte)
+	defer func() {
+		if cap(*bp) <= 64<<10 { // a burst's buffer is not kept
+			batches.Put(bp)
 		}
+	}()
+	for {
 		q.mu.Lock()
-		idle := len(q.items) == 0
-		q.mu.Unlock()
-		if stopping && idle {
+		items, conn, final := q.items, q.conn, q.final
+		if len(items) == 0 {
+			if q.stopping {
+				q.endLocked()
+			}
+			q.running = false
+			q.mu.Unlock()
 			return
 		}
-		if !idle {
-			q.kick()
+		q.items, q.bytes = nil, 0
+		q.mu.Unlock()
+		*bp = encode((*bp)[:0], items, q.metrics.pushesSent)
+		clear(items) // let go of the records
+		conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+		if _, err := conn.Write(*bp); err != nil {
+			conn.Close()
+			q.mu.Lock()
+			q.endLocked()
+			q.mu.Unlock()
+			return
+		}
+		if final {
+			q.mu.Lock()
+			q.retryAt = time.Now().Add(dso.RetryCloseGrace)
+			q.mu.Unlock()
+			conn.SetReadDeadline(q.closeBy())
 		}
 	}
 }

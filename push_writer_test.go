@@ -4,6 +4,7 @@ import (
 	"net"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/llqdns/llq/dso"
 	"github.com/miekg/dns"
@@ -20,7 +21,6 @@ func TestOutQueueEmptyWakes(t *testing.T) {
 	var q outQueue
 	q.init(newListenerMetrics(t.Name()))
 	q.setConn(srv, 0)
-	go q.write()
 
 	const n = 5000
 	go func() {
@@ -77,5 +77,42 @@ func TestOutQueueEmptyWakes(t *testing.T) {
 		buf = msg[:0]
 	}
 	q.stop()
+	srv.Close()
+}
+
+// TestOutQueueWriterOnlyWhileBusy: the writer goroutine runs while there
+// is output and ends when the queue is empty, so that an idle session
+// holds no goroutine for it; output queued later starts it again, and stop
+// ends the queue whether or not a writer runs.
+func TestOutQueueWriterOnlyWhileBusy(t *testing.T) {
+	srv, cli := net.Pipe()
+	defer cli.Close()
+	var q outQueue
+	q.init(newListenerMetrics(t.Name()))
+	q.keepalive(0, dso.Keepalive{Inactivity: 1000, Interval: 10000}) // queued before the connection
+	q.setConn(srv, 0)
+	q.kick()
+	idle := func() bool {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return !q.running
+	}
+	for i := range 3 {
+		if _, err := dso.ReadMessage(cli, nil, dso.MaxMessageLen); err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		eventually(t, "writer gone", idle, 10*time.Second)
+		q.response(uint16(i+1), dns.RcodeSuccess, 0)
+		q.kick()
+	}
+	go func() {
+		dso.ReadMessage(cli, nil, dso.MaxMessageLen) // the last response
+	}()
+	q.stop()
+	select {
+	case <-q.done:
+	default:
+		t.Fatal("stop returned with the queue not ended")
+	}
 	srv.Close()
 }
