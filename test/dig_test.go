@@ -57,3 +57,42 @@ func TestDig(t *testing.T) {
 		t.Fatalf("no termination acknowledged:\n%s", out)
 	}
 }
+
+// TestDigPrivateLLQ: dig, a client we did not write, finds the private LLQ
+// service and sets up an LLQ over TLS in one exchange (RFC 8764's
+// two-message setup on a connection: no challenge, since TLS has proven
+// the address), decoding the ACK's LLQ option and answers. dig closes its
+// connection after the reply, and the LLQ ends with it.
+func TestDigPrivateLLQ(t *testing.T) {
+	dig, err := exec.LookPath("dig")
+	if err != nil {
+		t.Skip("no dig: apt-get install bind9-dnsutils (.ci/run does)")
+	}
+	s, _, tlsAddr, _ := pushServer(t, "www IN A 192.0.2.1")
+	_, dnsPort, _ := net.SplitHostPort(s.dns)
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(dig, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("dig %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	for _, service := range []string{"_dns-llq-tls._tcp", "_dns-push-tls._tcp"} {
+		out := run("@127.0.0.1", "-p", dnsPort, service+".example.org", "SRV", "+short")
+		if want := fmt.Sprintf("0 0 %d llq.example.org.", tlsAddr.Port()); strings.TrimSpace(out) != want {
+			t.Fatalf("%s: %q, want %q", service, out, want)
+		}
+	}
+	live := metric(t, "subscriptions")
+	out := run("+tls", "@127.0.0.1", "-p", strconv.Itoa(int(tlsAddr.Port())), "www.example.org", "A",
+		"+ednsopt=1:000100010000000000000000000000000e10")
+	m := regexp.MustCompile(`; LLQ: Version: 1, Opcode: 1, Error: 0, Identifier: (\d+), Lifetime: (\d+)`).FindStringSubmatch(out)
+	if m == nil || m[1] == "0" || m[2] == "0" {
+		t.Fatalf("no ACK decoded:\n%s", out)
+	}
+	if !regexp.MustCompile(`www\.example\.org\.\s+\d+\s+IN\s+A\s+192\.0\.2\.1`).MatchString(out) {
+		t.Fatalf("the ACK has no answers:\n%s", out)
+	}
+	eventually(t, "the LLQ gone with dig's connection", func() bool { return metric(t, "subscriptions") == live })
+}
