@@ -6,7 +6,9 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -109,7 +111,13 @@ const (
 // a second: trying again at once spins a core for as long as the shortage
 // lasts, and takes every descriptor freed meanwhile from the rest of the
 // server (the file plugin reopening its zone, say).
+//
+// Meanwhile clients would wait in the listen backlog until they time out:
+// the kernel completed their handshakes, and nobody takes them. So, out of
+// descriptors, the loop resets them with the spare descriptor (see shed).
 func acceptLoop(ln net.Listener, stop <-chan struct{}, m *listenerMetrics, serve func(net.Conn)) {
+	holdSpare()
+	defer releaseSpare()
 	var pause time.Duration
 	for {
 		c, err := ln.Accept()
@@ -122,6 +130,10 @@ func acceptLoop(ln net.Listener, stop <-chan struct{}, m *listenerMetrics, serve
 			return
 		}
 		m.acceptErrors.Inc()
+		if outOfDescriptors(err) && shed(ln) {
+			m.connsRefused.WithLabelValues("descriptors").Inc()
+			continue // the next may be waiting too
+		}
 		pause = nextAcceptPause(pause)
 		if pause == acceptPauseMin {
 			log.Warningf("accept on %s: %v; pausing up to %v between tries", ln.Addr(), err, acceptPauseMax)
@@ -134,6 +146,65 @@ func acceptLoop(ln net.Listener, stop <-chan struct{}, m *listenerMetrics, serve
 		case <-t.C:
 		}
 	}
+}
+
+func outOfDescriptors(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
+}
+
+// spare is a descriptor held in reserve while any accept loop runs: one
+// for the process, as nginx keeps one per worker, so that llq's listeners
+// do not take it from one another.
+var spare struct {
+	sync.Mutex
+	f     *os.File // nil when none could be opened, or another part of the server took it
+	users int
+}
+
+func holdSpare() {
+	spare.Lock()
+	defer spare.Unlock()
+	spare.users++
+	if spare.f == nil {
+		spare.f = openSpare()
+	}
+}
+
+func releaseSpare() {
+	spare.Lock()
+	defer spare.Unlock()
+	spare.users--
+	if spare.users == 0 && spare.f != nil {
+		spare.f.Close()
+		spare.f = nil
+	}
+}
+
+func openSpare() *os.File {
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		return nil
+	}
+	return f
+}
+
+// shed resets the connection waiting first in ln's backlog, if any, when
+// descriptors ran out: it closes the spare, which frees a descriptor for
+// the moment, accepts and resets the connection, and opens the spare again.
+// It reports whether it reset one.
+func shed(ln net.Listener) bool {
+	spare.Lock()
+	defer spare.Unlock()
+	if spare.f == nil {
+		// Taken while it was closed: take it back if descriptors were
+		// freed since, and shed next time.
+		spare.f = openSpare()
+		return false
+	}
+	spare.f.Close()
+	reset := shedOne(ln)
+	spare.f = openSpare()
+	return reset
 }
 
 func nextAcceptPause(p time.Duration) time.Duration {

@@ -2,6 +2,8 @@ package llq
 
 import (
 	"bufio"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -279,11 +281,13 @@ func TestAcceptPauses(t *testing.T) {
 	}
 }
 
-// When descriptors run out, the accept loop pauses between tries, and
-// serves the waiting client once descriptors are free again. It runs in a
-// child process whose descriptor limit it lowers. With
-// LLQ_BACKOFF_MEASURE=10s the child holds the shortage that long and
-// reports the CPU time it used meanwhile.
+// When descriptors run out, a client connecting to the LLQ TCP listener or
+// the DNS Push TLS listener has its connection reset at once rather than
+// left in the backlog until it times out (the spare descriptor), the
+// accept loop pauses between tries, and once descriptors are free again
+// clients are served. It runs in a child process whose descriptor limit it
+// lowers. With LLQ_BACKOFF_MEASURE=10s the child holds the shortage that
+// long and reports the CPU time it used meanwhile.
 func TestAcceptBackoff(t *testing.T) {
 	cmd := exec.Command(os.Args[0], "-test.run=^TestAcceptBackoffChild$", "-test.v")
 	cmd.Env = append(os.Environ(), "LLQ_BACKOFF_CHILD=1")
@@ -313,20 +317,50 @@ func TestAcceptBackoff(t *testing.T) {
 		t.Fatalf("child ended before %q:\n%s", prefix, strings.Join(output, "\n"))
 		return ""
 	}
-	addr := await("child: listening ")
+	addrs := strings.Fields(await("child: listening "))
+	if len(addrs) != 3 {
+		t.Fatalf("child listens on %v, want the LLQ, TLS addresses and the CA file", addrs)
+	}
+	llqAddr, tlsAddr, caFile := addrs[0], addrs[1], addrs[2]
 	await("child: descriptors exhausted")
-	c, err := net.Dial("tcp", addr) // the kernel completes the handshake
+	for _, addr := range []string{llqAddr, tlsAddr} {
+		// The kernel completes the handshake; on loopback the reset may
+		// come before Dial returns.
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			// A bound on a broken server, not a timing: the reset comes as
+			// soon as the accept loop wakes for the connection.
+			c.SetReadDeadline(time.Now().Add(time.Minute))
+			_, err = c.Read(make([]byte, 1))
+			c.Close()
+		}
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("a client of %s while descriptors ran out read %v, want a connection reset", addr, err)
+		}
+	}
+	fmt.Fprintln(stdin, "shed")
+	await("child: descriptors freed")
+	c, err := net.Dial("tcp", llqAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	fmt.Fprintln(stdin, "connected")
-	await("child: descriptors freed")
 	r, err := tcpExchange(c, llqMsg(7, 1232, []dns.Question{qWWW}, setupOpt(0, 3600)))
 	if err != nil {
-		t.Fatalf("waiting client not served once descriptors were freed: %v", err)
+		t.Fatalf("client not served once descriptors were freed: %v", err)
 	}
 	wantOpt(t, only(t, r), wire.OpSetup, wire.NoError)
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	tc, err := tls.Dial("tcp", tlsAddr, &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		t.Fatalf("TLS handshake once descriptors were freed: %v", err)
+	}
+	tc.Close()
 	stdin.Close()
 	await("child: done")
 	for _, l := range output {
@@ -334,8 +368,11 @@ func TestAcceptBackoff(t *testing.T) {
 			t.Log(l)
 		}
 	}
+	for lines.Scan() {
+		output = append(output, lines.Text())
+	}
 	if err := cmd.Wait(); err != nil {
-		t.Fatalf("child: %v", err)
+		t.Fatalf("child: %v\n%s", err, strings.Join(output, "\n"))
 	}
 }
 
@@ -343,8 +380,8 @@ func TestAcceptBackoffChild(t *testing.T) {
 	if os.Getenv("LLQ_BACKOFF_CHILD") == "" {
 		t.Skip("run by TestAcceptBackoff")
 	}
-	env := newTestEnv(t, nil)
-	fmt.Println("child: listening", env.e.Addr())
+	env, ca := newPushEnv(t, nil)
+	fmt.Println("child: listening", env.e.Addr(), env.e.pushTransport().Addr(), ca.caFile)
 	in := bufio.NewScanner(os.Stdin)
 
 	var lim syscall.Rlimit
@@ -365,8 +402,10 @@ func TestAcceptBackoffChild(t *testing.T) {
 		held = append(held, f)
 	}
 	failed := track(t, env.e.metrics.acceptErrors)
+	shed := track(t, env.e.metrics.connsRefused.WithLabelValues("descriptors"))
 	fmt.Println("child: descriptors exhausted")
-	in.Scan() // the parent's connection waits to be accepted
+	in.Scan() // the parent's clients were reset; the count follows the reset
+	eventually(t, "both resets counted", func() bool { return shed.moved(t) == 2 }, wait)
 	eventually(t, "accepts to fail", func() bool { return failed.moved(t) >= 3 }, wait)
 	if d, err := time.ParseDuration(os.Getenv("LLQ_BACKOFF_MEASURE")); err == nil {
 		cpu0, t0 := cpuTime(), time.Now()
@@ -379,7 +418,7 @@ func TestAcceptBackoffChild(t *testing.T) {
 	}
 	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
 	fmt.Println("child: descriptors freed")
-	in.Scan() // the parent has its answer
+	in.Scan() // the parent has its answers
 	fmt.Println("child: done")
 }
 

@@ -3,7 +3,6 @@ package llq
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"net"
 	"net/netip"
 	"sync"
@@ -23,6 +22,7 @@ type pushTransport struct {
 	e    *Engine
 	conf atomic.Pointer[tls.Config] // swapped on reload: new handshakes get the new certificate
 	ln   net.Listener
+	stop chan struct{}  // closed by close
 	wg   sync.WaitGroup // the accept loop and every session's goroutines
 
 	mu        sync.Mutex // guards the fields below
@@ -63,7 +63,7 @@ func newPushTransport(e *Engine, cfg *config) (*pushTransport, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &pushTransport{e: e, ln: ln, sessions: make(map[*session]struct{}), perClient: make(map[netip.Addr]int)}
+	p := &pushTransport{e: e, ln: ln, stop: make(chan struct{}), sessions: make(map[*session]struct{}), perClient: make(map[netip.Addr]int)}
 	p.conf.Store(conf)
 	p.wg.Add(1)
 	go p.accept()
@@ -85,48 +85,42 @@ func (p *pushTransport) reconfigure(cfg *config) error {
 
 func (p *pushTransport) accept() {
 	defer p.wg.Done()
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			// Out of file descriptors and the like: wait instead of spinning.
-			time.Sleep(10 * time.Millisecond)
-			continue
-		}
-		addr := c.RemoteAddr().(*net.TCPAddr).AddrPort()
-		addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
-		cfg := p.e.config()
-		p.mu.Lock()
-		if p.closed {
-			p.mu.Unlock()
-			c.Close()
-			continue
-		}
-		// Past a session limit the client still gets a session, which
-		// answers its first request SERVFAIL with a Retry Delay and ends:
-		// that tells it to come back later, where a closed connection
-		// would have it retry at once.
-		full := ""
-		switch {
-		case cfg.maxSessions > 0 && len(p.sessions) >= cfg.maxSessions:
-			full = "max-sessions"
-		case cfg.maxSessionsPerClient > 0 && p.perClient[addr.Addr()] >= cfg.maxSessionsPerClient:
-			full = "max-sessions-per-client"
-		}
-		s := newSession(p, c, addr)
-		if full != "" {
-			p.e.metrics.limitRejections.WithLabelValues(full).Inc()
-			s.refuse = true
-		}
-		p.sessions[s] = struct{}{}
-		p.perClient[addr.Addr()]++
-		p.e.metrics.sessions.Inc()
-		p.wg.Add(1)
+	acceptLoop(p.ln, p.stop, p.e.metrics, p.admit)
+}
+
+// admit starts a session on a connection accepted.
+func (p *pushTransport) admit(c net.Conn) {
+	addr := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+	cfg := p.e.config()
+	p.mu.Lock()
+	if p.closed {
 		p.mu.Unlock()
-		go s.serve(cfg.handshakeTimeout)
+		c.Close()
+		return
 	}
+	// Past a session limit the client still gets a session, which
+	// answers its first request SERVFAIL with a Retry Delay and ends:
+	// that tells it to come back later, where a closed connection
+	// would have it retry at once.
+	full := ""
+	switch {
+	case cfg.maxSessions > 0 && len(p.sessions) >= cfg.maxSessions:
+		full = "max-sessions"
+	case cfg.maxSessionsPerClient > 0 && p.perClient[addr.Addr()] >= cfg.maxSessionsPerClient:
+		full = "max-sessions-per-client"
+	}
+	s := newSession(p, c, addr)
+	if full != "" {
+		p.e.metrics.limitRejections.WithLabelValues(full).Inc()
+		s.refuse = true
+	}
+	p.sessions[s] = struct{}{}
+	p.perClient[addr.Addr()]++
+	p.e.metrics.sessions.Inc()
+	p.wg.Add(1)
+	p.mu.Unlock()
+	go s.serve(cfg.handshakeTimeout)
 }
 
 // forget takes an ended session out of the counts.
@@ -149,6 +143,9 @@ func (p *pushTransport) forget(s *session) {
 func (p *pushTransport) close() {
 	p.ln.Close()
 	p.mu.Lock()
+	if !p.closed {
+		close(p.stop)
+	}
 	p.closed = true
 	live := make([]*session, 0, len(p.sessions))
 	for s := range p.sessions {
