@@ -429,7 +429,7 @@ func BenchmarkAcknowledge(b *testing.B) {
 	msgID := ids[len(ids)-1]
 	b.ReportAllocs()
 	for b.Loop() {
-		env.e.llq.acknowledge(msgID, id, benchSrc)
+		env.e.llq.acknowledge(msgID, id, benchSrc, nil)
 	}
 }
 

@@ -396,14 +396,16 @@ func (l *llqTransport) restate(ev *event, now time.Time) (delivery, error) {
 	return delivery{to: s.client, msgID: id, llqID: s.id, lease: lease, packet: b, private: true}, err
 }
 
-// acknowledge handles an event ack from src: it stops the retransmission of
-// the event and, when the acknowledged packet stated something that is no
-// longer true, tells the client the truth again.
-func (l *llqTransport) acknowledge(msgID uint16, llqID uint64, src netip.AddrPort) {
+// acknowledge handles an event ack from src (on the TLS session sess, if
+// not nil): it stops the retransmission of the event and, when the
+// acknowledged packet stated something that is no longer true, tells the
+// client the truth again. An ack for an LLQ the message could not reach
+// (unknown, another client's, another session's) is ignored.
+func (l *llqTransport) acknowledge(msgID uint16, llqID uint64, src netip.AddrPort, sess *session) {
 	now := time.Now()
 	l.e.mu.Lock()
 	s, ok := l.subs[llqID]
-	if !ok || s.client.Addr() != src.Addr() {
+	if !ok || s.client.Addr() != src.Addr() || !l.reaches(s, sess) {
 		l.e.mu.Unlock()
 		return
 	}

@@ -27,7 +27,7 @@ import (
 
 // bind makes s private to sess. Call with e.mu held.
 func (l *llqTransport) bind(s *llqSub, sess *session) {
-	s.private, s.proven = true, true
+	s.private, s.proven, s.acking = true, true, true
 	l.private[s.id] = sess
 	sess.llqs[s.id] = s
 }
@@ -59,8 +59,70 @@ func (l *llqTransport) queuePrivate(s *llqSub, packet []byte, now time.Time) {
 	}
 	b := append([]byte(nil), packet...)
 	patch(b, uint16(rand.Uint32()), s.id, s.remaining(now))
+	if s.acking {
+		// The ACK these news follow is not queued yet: they wait for it,
+		// since the client cannot place an event before it knows the ID.
+		s.early = append(s.early, b)
+		return
+	}
 	sess.out.frame(b)
 	l.e.metrics.privateEvents.Inc()
+	sess.kick()
+}
+
+// privateRest is the part of a private LLQ's answer set that did not fit
+// its ACK.
+type privateRest struct {
+	id  uint64
+	rrs []dns.RR
+}
+
+// deliverPrivate queues, on sess, the reply to an LLQ message (nil: none),
+// then as events the answers of rest that did not fit it, then the news
+// that came for the LLQs acked while the reply was being made. All of it
+// under the engine lock, so that no change gets between them: the client
+// reads the ACK, the rest of the set as it was then, and every change
+// since, in that order. Events are split to what one message carries
+// (privateSize), as over UDP to the client's size.
+func (l *llqTransport) deliverPrivate(sess *session, reply []byte, acked []uint64, rest []privateRest) {
+	now := time.Now()
+	l.e.mu.Lock()
+	defer l.e.mu.Unlock()
+	if reply != nil {
+		sess.out.frame(reply)
+	}
+	for _, r := range rest {
+		s := sess.llqs[r.id]
+		if s == nil {
+			continue // ended meanwhile
+		}
+		keys := make([]string, len(r.rrs)) // split wants them; nothing tracks private events
+		adds := make([]bool, len(r.rrs))
+		for i := range adds {
+			adds[i] = true
+		}
+		for _, st := range split(s.topic.question, keys, r.rrs, adds, privateSize) {
+			b, err := buildEvent(s.topic.question, st.rrs, st.adds, uint16(rand.Uint32()), s.id, s.remaining(now))
+			if err != nil {
+				log.Errorf("cannot pack event for %s: %v", s.topic.question.Name, err)
+				continue
+			}
+			sess.out.frame(b)
+			l.e.metrics.privateEvents.Inc()
+		}
+	}
+	for _, id := range acked {
+		s := sess.llqs[id]
+		if s == nil || !s.acking {
+			continue
+		}
+		s.acking = false
+		for _, b := range s.early {
+			sess.out.frame(b)
+			l.e.metrics.privateEvents.Inc()
+		}
+		s.early = nil
+	}
 	sess.kick()
 }
 

@@ -207,3 +207,79 @@ func TestPrivateLLQOverSessionLimit(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+// heldSet is the answer set a private LLQ's client holds: the ACK's
+// answers, then each event's adds and removes.
+type heldSet map[string]bool
+
+func (h heldSet) apply(rrs []dns.RR) {
+	for _, rr := range rrs {
+		gone := rr.Header().Ttl == wire.RemoveTTL
+		rr = dns.Copy(rr)
+		rr.Header().Ttl = 0
+		if gone {
+			delete(h, rr.String())
+		} else {
+			h[rr.String()] = true
+		}
+	}
+}
+
+func (h heldSet) is(t testing.TB, want []string) bool {
+	t.Helper()
+	if len(h) != len(want) {
+		return false
+	}
+	for _, rr := range rrs(t, want...) {
+		rr.Header().Ttl = 0
+		if !h[rr.String()] {
+			return false
+		}
+	}
+	return true
+}
+
+// A private LLQ whose answer set is beyond one DNS message (2,000 TXT
+// records of 200 bytes, about 440 KB) gets an ACK with what fits and the
+// rest as events on the session, each within a message; a change as large
+// is split the same way. The client ends with every record, and no
+// message is truncated.
+func TestPrivateLLQLargeAnswerSet(t *testing.T) {
+	env, ca := newPushEnv(t, func(c *config) { c.maxQueued = 8 << 20 })
+	first := bigTXT("big.example.org.", 2000, 200)
+	swapZone(t, env.zone, withRecords(first...))
+	c := dialPrivate(t, env, ca)
+	q := question("big.example.org.", dns.TypeTXT)
+	ack := c.exchange(llqMsg(1, 1232, []dns.Question{q}, setupOpt(0, 3600)))
+	o := only(t, ack)
+	wantOpt(t, o, wire.OpSetup, wire.NoError)
+	if ack.Truncated || len(ack.Answer) == 0 || len(ack.Answer) >= len(first) {
+		t.Fatalf("ACK: TC %v, %d of %d answers: want what fits", ack.Truncated, len(ack.Answer), len(first))
+	}
+	held := heldSet{}
+	held.apply(ack.Answer)
+	for !held.is(t, first) {
+		ev := c.event()
+		if eo := only(t, ev); eo.Id != o.Id || ev.Truncated {
+			t.Fatalf("event %v for LLQ %x", eo, o.Id)
+		}
+		held.apply(ev.Answer)
+	}
+
+	// Every record replaced: 2,000 removes and 2,000 adds, about 880 KB.
+	second := bigTXT("big.example.org.", 2000, 201)
+	swapZone(t, env.zone, withRecords(second...))
+	env.changed()
+	events := 0
+	for !held.is(t, second) {
+		ev := c.event()
+		if eo := only(t, ev); eo.Id != o.Id || ev.Truncated {
+			t.Fatalf("event %v for LLQ %x", eo, o.Id)
+		}
+		held.apply(ev.Answer)
+		events++
+	}
+	if events < 2 {
+		t.Fatalf("a change of 880 KB came in %d event", events)
+	}
+}

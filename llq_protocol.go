@@ -29,15 +29,24 @@ func (l *llqTransport) serveThen(b []byte, src netip.AddrPort, tcp bool) (packed
 }
 
 // servePrivate answers a message that came on the TLS session sess: LLQs
-// it sets up are private (see llq_private.go).
-func (l *llqTransport) servePrivate(b []byte, sess *session) []byte {
-	packed, _ := l.serveOn(b, sess.addr, true, sess) // nothing follows over a connection
-	return packed
+// it sets up are private (see llq_private.go). The reply, and the part of
+// an answer set that did not fit it, are queued on the session.
+func (l *llqTransport) servePrivate(b []byte, sess *session) {
+	l.serveOn(b, sess.addr, true, sess)
 }
 
 // serveOn is serveThen for a message from src, over a connection when tcp,
-// and on the TLS session sess when that is not nil.
+// and on the TLS session sess when that is not nil; on a session it queues
+// the reply there itself (see deliverPrivate) and returns nil.
 func (l *llqTransport) serveOn(b []byte, src netip.AddrPort, tcp bool, sess *session) (packed []byte, after []delivery) {
+	var acked []uint64 // LLQs whose ACK this reply is, on a session
+	var rest []privateRest
+	if sess != nil {
+		defer func() {
+			l.deliverPrivate(sess, packed, acked, rest)
+			packed = nil
+		}()
+	}
 	defer func() {
 		// Enforce the no-amplification rule whatever the request looks like:
 		// compression pointers into the middle of labels (or into other
@@ -53,7 +62,7 @@ func (l *llqTransport) serveOn(b []byte, src netip.AddrPort, tcp bool, sess *ses
 		// A response: the only ones a client sends are event acks. Never
 		// answer one, whatever it holds (two servers could bounce errors
 		// forever).
-		wire.EventAcks(b, func(msgID uint16, llqID uint64) { l.acknowledge(msgID, llqID, src) })
+		wire.EventAcks(b, func(msgID uint16, llqID uint64) { l.acknowledge(msgID, llqID, src, sess) })
 		return nil, nil
 	}
 	m := new(dns.Msg)
@@ -143,6 +152,9 @@ func (l *llqTransport) serveOn(b []byte, src netip.AddrPort, tcp bool, sess *ses
 		}
 		reply.Answer = append(reply.Answer, answers...)
 		l.countError(out[i].Error)
+		if sess != nil && o.Opcode == wire.OpSetup && out[i].Error == wire.NoError {
+			acked = append(acked, out[i].Id)
+		}
 	}
 	if refused {
 		// CoreDNS's port would not have had llq's block answer this
@@ -162,18 +174,24 @@ func (l *llqTransport) serveOn(b []byte, src netip.AddrPort, tcp bool, sess *ses
 	// packing (a compression map, and every EDNS0 option packed just to be
 	// measured) for a reply that almost always fits.
 	packed = pack(reply)
-	if len(packed) > limit && !tcp {
+	if len(packed) > limit && (!tcp || sess != nil) {
 		// Never a TC-only ACK over UDP: Apple's client takes it for
 		// established, fails to fetch over TCP and falls back to polling.
 		// The ACK carries what fits; the rest follows as events,
 		// acknowledged and retransmitted like any, so the client ends up
-		// with the whole set.
+		// with the whole set. On a TLS session there is nowhere else to
+		// fetch it from either: the rest follows on the session, in
+		// messages of up to 64 KiB, right after the ACK.
 		all := reply.Answer
 		n := fitting(reply, all, limit)
 		reply.Answer = all[:n]
 		packed = pack(reply)
 		for _, p := range parts {
 			if lo := max(p.from, n); lo < p.to {
+				if sess != nil {
+					rest = append(rest, privateRest{p.id, all[lo:p.to]})
+					continue
+				}
 				after = append(after, l.follow(p.id, all[lo:p.to], now)...)
 			}
 		}
@@ -181,7 +199,8 @@ func (l *llqTransport) serveOn(b []byte, src netip.AddrPort, tcp bool, sess *ses
 	}
 	if len(packed) > limit {
 		// An answer set beyond even a TCP message stays truncated, as it
-		// would for a query.
+		// would for a query: plain TCP's events go over UDP, and a client
+		// can fetch the set with an ordinary query over TCP.
 		reply.Answer = nil
 		reply.Truncated = true
 		packed = pack(reply)

@@ -88,6 +88,10 @@ type llqSub struct {
 	proven      bool
 	unsolicited bool // the one packet an unproven port may get has been sent
 	private     bool // set up on a TLS session, where its events go (llq_private.go)
+	// acking is set while a private LLQ's ACK is being answered and not
+	// yet queued: events made meanwhile wait in early (llq_private.go).
+	acking bool
+	early  [][]byte
 }
 
 // hold adds st to the news kept for s's unproven port. Call with e.mu held.
@@ -182,6 +186,9 @@ func (l *llqTransport) establish(id uint64, q dns.Question, client netip.AddrPor
 			return nil, 0, &setupError{code: wire.NoSuchLLQ}
 		}
 		l.e.metrics.setups.WithLabelValues("duplicate").Inc()
+		if sess != nil {
+			s.acking = true // see deliverPrivate
+		}
 		return s.topic.records(), s.remaining(now), nil
 	}
 	if err := l.admit(client.Addr()); err != nil {

@@ -439,11 +439,7 @@ func (s *session) query(b []byte) bool {
 		s.out.finish()
 		return false
 	}
-	reply := e.llq.servePrivate(b, s)
-	if reply != nil {
-		s.out.frame(reply)
-		s.kick()
-	}
+	e.llq.servePrivate(b, s)
 	e.mu.Lock()
 	held := len(s.llqs) > 0
 	if s.heldLLQs && !held && len(s.subs) == 0 {
