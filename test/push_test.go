@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"maps"
 	"math/big"
 	"net"
 	"net/netip"
@@ -451,6 +452,119 @@ func TestPrivateLLQ(t *testing.T) {
 	}
 	conn.Close()
 	eventually(t, "the LLQ gone with its connection", func() bool { return metric(t, "subscriptions") == live })
+}
+
+// TestPrivateLLQLargeAnswerSet: one LLQ message over TLS asks for two
+// names of 700 PTRs of long names each (about 40 KB apiece: CoreDNS
+// answers no single question beyond 64 KiB, even over TCP). Together they
+// are beyond one DNS message: the ACK carries what fits, never TC, and the
+// rest follows as events on the connection. A change replacing one name's
+// every record (700 removes and 700 adds, about 80 KB) is split into events
+// of at most one message each. The client, reading the connection alone,
+// ends with every record, under the default max-queued.
+func TestPrivateLLQLargeAnswerSet(t *testing.T) {
+	ptrs := func(name string, from, to int) []string {
+		var out []string
+		for i := from; i < to; i++ {
+			out = append(out, fmt.Sprintf("%s IN PTR instance-%04d-%s.example.org.", name, i, strings.Repeat("x", 40)))
+		}
+		return out
+	}
+	a, b := ptrs("_a", 0, 700), ptrs("_b", 0, 700)
+	s, _, tlsAddr, pool := pushServer(t, slices.Concat(a, b)...)
+	c := &dns.Client{Net: "tcp-tls", TLSConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, Timeout: 20 * time.Second}
+	conn, err := c.Dial(tlsAddr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	read := func() *dns.Msg {
+		t.Helper()
+		conn.SetDeadline(time.Now().Add(20 * time.Second)) // a hung server fails the test; no timing asserted
+		m, err := conn.ReadMsg()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Truncated {
+			t.Fatalf("truncated: %v", m.MsgHdr)
+		}
+		return m
+	}
+	// What the client holds, by LLQ ID: the ACK's answers for it, then
+	// each event's adds and removes.
+	held := map[uint64]map[string]bool{}
+	apply := func(id uint64, rrs []dns.RR) {
+		for _, rr := range rrs {
+			gone := rr.Header().Ttl == wire.RemoveTTL
+			for _, k := range rrSet([]dns.RR{rr}) {
+				if gone {
+					delete(held[id], k)
+				} else {
+					held[id][k] = true
+				}
+			}
+		}
+	}
+	holds := func(id uint64, want []string) bool {
+		return slices.Equal(slices.Sorted(maps.Keys(held[id])), rrSetOf(t, want...))
+	}
+
+	qa, qb := question("_a.example.org.", dns.TypePTR), question("_b.example.org.", dns.TypePTR)
+	setup := new(dns.Msg)
+	setup.Id = dns.Id()
+	setup.Question = []dns.Question{qa, qb}
+	wire.SetOptions(setup, 1232, wire.NewOption(wire.OpSetup, wire.NoError, 0, 3600), wire.NewOption(wire.OpSetup, wire.NoError, 0, 3600))
+	if err := conn.WriteMsg(setup); err != nil {
+		t.Fatal(err)
+	}
+	ack := read()
+	opts := wire.Options(ack)
+	if ack.Id != setup.Id || len(opts) != 2 || len(ack.Answer) == 0 || len(ack.Answer) >= len(a)+len(b) {
+		t.Fatalf("ACK %v with %d of %d answers: want what fits", opts, len(ack.Answer), len(a)+len(b))
+	}
+	ids := map[string]uint64{}
+	for i, o := range opts {
+		if o.Opcode != wire.OpSetup || o.Error != wire.NoError || o.Id == 0 {
+			t.Fatalf("ACK option %v", o)
+		}
+		ids[setup.Question[i].Name] = o.Id
+		held[o.Id] = map[string]bool{}
+	}
+	for _, rr := range ack.Answer {
+		apply(ids[strings.ToLower(rr.Header().Name)], []dns.RR{rr})
+	}
+	// event reads an event, acknowledges it and returns its LLQ.
+	event := func() uint64 {
+		t.Helper()
+		ev := read()
+		eo := option(t, ev)
+		if !ev.Response || eo.Opcode != wire.OpEvent || held[eo.Id] == nil {
+			t.Fatalf("event: %v", ev)
+		}
+		apply(eo.Id, ev.Answer)
+		ackEv := llqMsg(ev.Question[0], wire.OpEvent, eo.Id, eo.LeaseLife)
+		ackEv.Id, ackEv.Response = ev.Id, true
+		if err := conn.WriteMsg(ackEv); err != nil {
+			t.Fatal(err)
+		}
+		return eo.Id
+	}
+	idA, idB := ids["_a.example.org."], ids["_b.example.org."]
+	for !holds(idA, a) || !holds(idB, b) {
+		event()
+	}
+
+	a2 := ptrs("_a", 1000, 1700)
+	s.setRecords(slices.Concat(a2, b)...)
+	events := 0
+	for !holds(idA, a2) {
+		if event() == idA {
+			events++
+		}
+	}
+	if events < 2 || !holds(idB, b) {
+		t.Fatalf("a change of 1,400 records came in %d event", events)
+	}
 }
 
 // TestDNSPushKeepalive: in CoreDNS, a client's Keepalive gets the timers it
