@@ -1,6 +1,7 @@
 package llq
 
 import (
+	"encoding/binary"
 	"errors"
 	"net/netip"
 	"os"
@@ -281,5 +282,81 @@ func TestPrivateLLQLargeAnswerSet(t *testing.T) {
 	}
 	if events < 2 {
 		t.Fatalf("a change of 880 KB came in %d event", events)
+	}
+}
+
+// resizeOption grows (n > 0, with zeros) or cuts (n < 0) the LLQ option
+// that ends the packed message b, keeping the OPT record's lengths
+// consistent: the option is then oversize or short, not the message.
+func resizeOption(b []byte, n int) []byte {
+	optLen := len(b) - wire.OptionLen - 2 // the option's length field
+	rdLen := optLen - 4                   // the OPT record's RDLENGTH
+	if n > 0 {
+		b = append(b, make([]byte, n)...)
+	} else {
+		b = b[:len(b)+n]
+	}
+	binary.BigEndian.PutUint16(b[optLen:], uint16(wire.OptionLen+n))
+	binary.BigEndian.PutUint16(b[rdLen:], binary.BigEndian.Uint16(b[rdLen:])+uint16(n))
+	return b
+}
+
+// Bad input on a TLS session gets RFC 8764's answer, and the session goes
+// on: an event ack for an LLQ nobody has gets no reply; a challenge
+// response with an ID never issued is NO-SUCH-LLQ; an oversize or short
+// LLQ option is FORMERR; an unknown LLQ opcode FORMAT-ERR. An LLQ the same
+// address set up over UDP cannot be refreshed, nor its events acked, from
+// the session. No LLQ is made or lost by any of it.
+func TestPrivateLLQBadInput(t *testing.T) {
+	env, ca := newPushEnv(t, nil)
+	q := question("www.example.org.", dns.TypeA)
+	udp := newUDPClient(t)
+	public, _ := env.establish(t, udp.addr, 1232, q, 3600)
+	c := dialPrivate(t, env, ca)
+
+	// An event ack for an unknown LLQ: the next message read is the reply
+	// to the request after it.
+	stray := llqMsg(1, 1232, []dns.Question{q}, wire.NewOption(wire.OpEvent, wire.NoError, 0xdead, 3600))
+	stray.Response = true
+	c.send(stray)
+	c.send(llqMsg(2, 1232, []dns.Question{q}, setupOpt(0xbeef, 3600)))
+	r := c.must()
+	if r.Id != 2 {
+		t.Fatalf("an event ack was answered: %v", r)
+	}
+	wantOpt(t, only(t, r), wire.OpSetup, wire.NoSuchLLQ)
+
+	for _, n := range []int{+2, -4} {
+		raw := resizeOption(packMsg(t, llqMsg(3, 1232, []dns.Question{q}, setupOpt(0, 3600))), n)
+		if _, err := c.conn.Write(raw); err != nil {
+			t.Fatal(err)
+		}
+		if r := c.must(); r.Id != 3 || r.Rcode != dns.RcodeFormatError || len(r.Answer) != 0 {
+			t.Fatalf("LLQ option %+d bytes: %v", n, r)
+		}
+	}
+	bad := wire.NewOption(9, wire.NoError, 0, 3600)
+	wantOpt(t, only(t, c.exchange(llqMsg(4, 1232, []dns.Question{q}, bad))), 9, wire.FormatErr)
+
+	// The UDP LLQ of the same address: its refresh on the session is
+	// NO-SUCH-LLQ, and an ack there of its event does not count.
+	wantOpt(t, only(t, c.exchange(llqMsg(5, 1232, []dns.Question{q}, refreshOpt(public, 0)))), wire.OpRefresh, wire.NoSuchLLQ)
+	acks := track(t, env.e.metrics.acks)
+	swapZone(t, env.zone, strings.Replace(zoneData, "www	IN A 192.0.2.1", "www	IN A 192.0.2.3", 1))
+	env.changed()
+	ev, _ := udp.read(t, 10*time.Second)
+	ack := llqMsg(ev.Id, 1232, ev.Question, wire.NewOption(wire.OpEvent, wire.NoError, public, 3600))
+	ack.Response = true
+	c.send(ack)
+	c.exchange(llqMsg(6, 1232, []dns.Question{q}, setupOpt(0xbeef, 3600))) // the ack was handled before this
+	if n := acks.moved(t); n != 0 {
+		t.Fatalf("an ack on the session counted for a UDP LLQ: %v", n)
+	}
+	if _, err := udp.conn.WriteTo(packMsg(t, ack), env.e.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the UDP ack counted", func() bool { return acks.moved(t) == 1 }, 10*time.Second)
+	if st := env.e.Stats(); st.LLQs != 1 || st.Sessions != 1 {
+		t.Fatalf("stats %+v", st)
 	}
 }

@@ -139,6 +139,7 @@ func (l *llqTransport) serveOn(b []byte, src netip.AddrPort, tcp bool, sess *ses
 	now := time.Now()
 	out := make([]*dns.EDNS0_LLQ, len(opts))
 	refused := false
+	var made []uint64 // LLQs this message created
 	type part struct {
 		id       uint64
 		from, to int // its answers in reply.Answer
@@ -146,7 +147,7 @@ func (l *llqTransport) serveOn(b []byte, src netip.AddrPort, tcp bool, sess *ses
 	var parts []part
 	for i, o := range opts {
 		var answers []dns.RR
-		out[i], answers = l.question(m.Question[i], o, src, tcp, sess, clientSize, now, &refused)
+		out[i], answers = l.question(m.Question[i], o, src, tcp, sess, clientSize, now, &refused, &made)
 		if len(answers) > 0 {
 			parts = append(parts, part{out[i].Id, len(reply.Answer), len(reply.Answer) + len(answers)})
 		}
@@ -158,7 +159,16 @@ func (l *llqTransport) serveOn(b []byte, src netip.AddrPort, tcp bool, sess *ses
 	}
 	if refused {
 		// CoreDNS's port would not have had llq's block answer this
-		// client: it gets what the port gives it, and no LLQ.
+		// client: it gets what the port gives it, and no LLQ, not even
+		// those of the message's other questions, whose IDs it never
+		// hears.
+		l.e.mu.Lock()
+		for _, id := range made {
+			if s, ok := l.subs[id]; ok {
+				l.drop(s)
+			}
+		}
+		l.e.mu.Unlock()
 		reply.Answer = nil
 		reply.Rcode = dns.RcodeRefused
 		return pack(reply), nil
@@ -252,8 +262,9 @@ func (l *llqTransport) follow(id uint64, rrs []dns.RR, now time.Time) []delivery
 	return out
 }
 
-// question handles the LLQ option of one question.
-func (l *llqTransport) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.AddrPort, tcp bool, sess *session, udpSize uint16, now time.Time, refused *bool) (*dns.EDNS0_LLQ, []dns.RR) {
+// question handles the LLQ option of one question; an LLQ it creates is
+// added to made.
+func (l *llqTransport) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.AddrPort, tcp bool, sess *session, udpSize uint16, now time.Time, refused *bool, made *[]uint64) (*dns.EDNS0_LLQ, []dns.RR) {
 	fail := func(code uint16, lease uint32) (*dns.EDNS0_LLQ, []dns.RR) {
 		return wire.NewOption(o.Opcode, code, o.Id, lease), nil
 	}
@@ -324,6 +335,9 @@ func (l *llqTransport) question(q dns.Question, o *dns.EDNS0_LLQ, src netip.Addr
 				*refused = true
 			}
 			return fail(err.code, err.lease)
+		}
+		if !exists {
+			*made = append(*made, id)
 		}
 		return wire.NewOption(wire.OpSetup, wire.NoError, id, granted), answers
 

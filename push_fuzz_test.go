@@ -41,8 +41,18 @@ func FuzzSession(f *testing.F) {
 	}
 	private := append(append(llq(setupOpt(0, 3600), false), llq(wire.NewOption(wire.OpEvent, 0, 1, 3600), true)...),
 		append(llq(refreshOpt(1, 3600), false), llq(refreshOpt(1, 0), false)...)...)
+	// Bad input on the session (TestPrivateLLQBadInput): an ack for an
+	// unknown LLQ, a challenge response with an ID never issued, oversize
+	// and short LLQ options, an unknown LLQ opcode, and two questions in
+	// one setup.
+	two := llqMsg(4, 1232, []dns.Question{q, {Name: "ns1.example.org.", Qtype: dns.TypeA, Qclass: dns.ClassINET}}, setupOpt(0, 3600), setupOpt(0, 60))
+	badLLQ := append(append(llq(wire.NewOption(wire.OpEvent, 0, 0xdead, 3600), true), llq(setupOpt(0xbeef, 3600), false)...),
+		append(dso.AppendFrame(nil, resizeOption(packMsg(f, llqMsg(5, 1232, []dns.Question{q}, setupOpt(0, 3600))), 2)),
+			dso.AppendFrame(nil, resizeOption(packMsg(f, llqMsg(6, 1232, []dns.Question{q}, setupOpt(0, 3600))), -4))...)...)
+	badLLQ = append(append(badLLQ, llq(wire.NewOption(9, 0, 0, 3600), false)...), dso.AppendFrame(nil, packMsg(f, two))...)
 	seeds := [][]byte{
 		private,
+		badLLQ,
 		append(append(llq(setupOpt(0, 3600), false), sub(1, "www.example.org.", dns.TypeA)...), unsub...),
 		sub(1, "www.example.org.", dns.TypeA),
 		append(append(ka, sub(1, "www.example.org.", dns.TypeANY)...), unsub...),

@@ -1,6 +1,7 @@
 package test
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/netip"
@@ -13,6 +14,7 @@ import (
 
 	ctest "github.com/coredns/coredns/test"
 	"github.com/llqdns/llq/client"
+	"github.com/llqdns/llq/wire"
 	"github.com/miekg/dns"
 )
 
@@ -311,4 +313,56 @@ func TestLargeAnswerSetOverUDP(t *testing.T) {
 		}
 	}
 	eventually(t, "every event acknowledged", func() bool { return acked() >= float64(len(evs)) })
+}
+
+// TestRefusedQuestionLeavesNoLLQ: an LLQ message of two questions, one of
+// which acl refuses (TXT), is REFUSED as a whole, over plain TCP and on a
+// TLS session alike, and leaves no LLQ for the other question (A), whose ID
+// the client never hears.
+func TestRefusedQuestionLeavesNoLLQ(t *testing.T) {
+	z := zoneFile(t, "example.org", "www IN A 192.0.2.1", `marker IN TXT "v0"`)
+	cert, key, pool := certChain(t, t.TempDir())
+	tlsAddr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t))
+	_, llq := startPolicyCorefile(t, `example.org:0 {
+    bind 127.0.0.1
+    acl {
+        block type TXT
+    }
+    llq {
+        listen 127.0.0.1:%[1]d
+        tls `+cert+` `+key+`
+        tls-listen `+tlsAddr.String()+`
+    }
+    file `+z.zoneFile+`
+}
+`)
+	live := metric(t, "subscriptions")
+	m := new(dns.Msg)
+	m.Id = dns.Id()
+	m.Question = []dns.Question{question("www.example.org.", dns.TypeA), question("marker.example.org.", dns.TypeTXT)}
+	wire.SetOptions(m, 1232, wire.NewOption(wire.OpSetup, wire.NoError, 0, 3600), wire.NewOption(wire.OpSetup, wire.NoError, 0, 3600))
+	for _, c := range []*dns.Client{
+		{Net: "tcp", Timeout: 20 * time.Second},
+		{Net: "tcp-tls", TLSConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, Timeout: 20 * time.Second},
+	} {
+		addr := llq.String()
+		if c.Net == "tcp-tls" {
+			addr = tlsAddr.String()
+		}
+		conn, err := c.Dial(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, _, err := c.ExchangeWithConn(m, conn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Rcode != dns.RcodeRefused || len(r.Answer) != 0 {
+			t.Fatalf("%s: want REFUSED without answers, got\n%v", c.Net, r)
+		}
+		if n := metric(t, "subscriptions"); n != live {
+			t.Fatalf("%s: subscriptions %v, was %v: an LLQ was left", c.Net, n, live)
+		}
+		conn.Close()
+	}
 }
