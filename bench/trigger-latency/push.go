@@ -17,6 +17,7 @@ import (
 
 	"github.com/llqdns/llq/client"
 	"github.com/llqdns/llq/dso"
+	"github.com/miekg/dns"
 )
 
 // makeCert writes a self-signed ECDSA P-256 certificate for 127.0.0.1 and
@@ -62,9 +63,10 @@ func makeCert(dir string) (cert, key string, conf *tls.Config, err error) {
 	return cert, key, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}, nil
 }
 
-// pushHook is the DNS Push client's OnMessage hook: a received PUSH,
-// before any parsing beyond its records' owner names, hands its arrival
-// time to the channel of each name it carries.
+// pushHook is the DNS Push client's OnMessage hook: a received PUSH that
+// adds an address hands its arrival time to the channel of the address's
+// owner name. Every change adds an address (and removes the last one):
+// a message with removes only would be the tail of an earlier change.
 func (a *arrivals) pushHook(dir client.Direction, b []byte) {
 	if dir != client.Received {
 		return
@@ -84,6 +86,9 @@ func (a *arrivals) pushHook(dir client.Direction, b []byte) {
 	}
 	done := map[string]bool{}
 	for _, rr := range rrs {
+		if _, ok := rr.(*dns.A); !ok || dso.OpOf(rr) != dso.OpAdd {
+			continue
+		}
 		name := strings.ToLower(rr.Header().Name)
 		if done[name] {
 			continue

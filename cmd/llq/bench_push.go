@@ -375,15 +375,22 @@ func mib(b int64) float64 { return float64(b) / (1 << 20) }
 // the baseline's frame of the same size written to every connection.
 func (p *pushBench) fanOutRounds(ctx context.Context, rep report, zb *benchArgs, cl *changeLog, st *pushStats, conns []*pushConn, child *pushChild) error {
 	var ratios, fans, bases []float64
+	var toFirst, toLast []time.Duration
 	for r := 1; r <= p.rounds; r++ {
 		settle(st.pushes.Load, 300*time.Millisecond, 10*time.Second)
 		st.startRound(int64(r))
-		if _, err := zb.change(ctx, cl); err != nil {
+		k, err := zb.change(ctx, cl)
+		if err != nil {
 			return err
 		}
 		fan := st.waitRound(len(conns), 60*time.Second)
 		size := st.pushLen.Load()
 		cells := fmt.Sprintf("PUSH (%d bytes framed) to %d of %d sessions in %s = %.0f PUSH/s", size, fan.n, len(conns), fan.span.Round(time.Millisecond), fan.perSecond())
+		if vis := visibleAt(cl, k, 2*time.Second); !vis.IsZero() && fan.n > 0 {
+			first, last := time.Unix(0, st.first.Load()).Sub(vis), time.Unix(0, st.last.Load()).Sub(vis)
+			toFirst, toLast = append(toFirst, first), append(toLast, last)
+			cells += fmt.Sprintf(" (change visible on the ordinary port -> first PUSH %s, last %s)", first.Round(time.Millisecond), last.Round(time.Millisecond))
+		}
 		fans = append(fans, fan.perSecond())
 		if child != nil {
 			time.Sleep(300 * time.Millisecond)
@@ -401,11 +408,29 @@ func (p *pushBench) fanOutRounds(ctx context.Context, rep report, zb *benchArgs,
 		rep.row(fmt.Sprintf("fan-out round %d", r), "%s", cells)
 	}
 	rep.row("fan-out: PUSH messages/s for one change, first to last arrival, median", "%.0f", median(fans))
+	if len(toFirst) > 0 {
+		rep.row("change visible on the ordinary port -> first / last PUSH, median of the rounds", "%s / %s", pct(toFirst, 50), pct(toLast, 50))
+	}
 	if len(ratios) > 0 {
 		rep.row("baseline: bare Go writer, same bytes, same number of TLS connections, median", "%.0f frames/s", median(bases))
 		rep.row("fan-out / baseline, median of the rounds' ratios (lowest, highest) (target >= 0.5)", "**%.2f** (%.2f, %.2f)", median(ratios), slices.Min(ratios), slices.Max(ratios))
 	}
 	return nil
+}
+
+// visibleAt waits up to limit for the time the ordinary port showed
+// change k (zero if it did not).
+func visibleAt(cl *changeLog, k int, limit time.Duration) time.Time {
+	deadline := time.Now().Add(limit)
+	for {
+		cl.mu.Lock()
+		at := cl.changes[k].visible
+		cl.mu.Unlock()
+		if !at.IsZero() || time.Now().After(deadline) {
+			return at
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // subscribeRounds measures, in rounds, ordinary queries per second over
