@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -247,4 +248,60 @@ func TestPushSessionWireshark(t *testing.T) {
 		t.Errorf("TLV types in the session: %q", got)
 	}
 	t.Logf("TLV types of the session as Wireshark decoded it: %s", got)
+}
+
+// TestPrivateLLQClient: the client package's private LLQ finds
+// _dns-llq-tls._tcp, dials TLS with the DNS Push TLS options, sets an LLQ
+// up in two messages, applies (and acks) the events read from the
+// connection, refreshes, and terminates; the LLQ is gone from the server.
+func TestPrivateLLQClient(t *testing.T) {
+	s, _, tlsAddr, pool := pushClientServer(t, "www IN A 192.0.2.1")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	server, target, zone, err := client.DiscoverPrivate(ctx, s.dns, "www.example.org.")
+	if err != nil || server != tlsAddr || zone != "example.org." {
+		t.Fatalf("discovery: %v %q %q %v, want %v", server, target, zone, err, tlsAddr)
+	}
+	live := metric(t, "subscriptions")
+	c, err := client.DialPrivate(ctx, server, client.PrivateOptions{PushOptions: client.PushOptions{TLS: &tls.Config{RootCAs: pool}, ServerName: target}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	sub, err := c.Subscribe(ctx, question("www.example.org.", dns.TypeA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := rrSet(sub.Answers()), rrSetOf(t, "www IN A 192.0.2.1"); !slices.Equal(got, want) {
+		t.Fatalf("answers %v, want %v", got, want)
+	}
+	if _, err := c.Subscribe(ctx, question("www.example.net.", dns.TypeA)); err == nil {
+		t.Fatal("an LLQ outside the zones")
+	}
+	if n := metric(t, "subscriptions"); n != live+1 {
+		t.Fatalf("subscriptions %v, was %v", n, live)
+	}
+
+	s.setRecords("www IN A 192.0.2.2")
+	select {
+	case ev := <-sub.Events():
+		if len(ev.Added) != 1 || len(ev.Removed) != 1 {
+			t.Fatalf("event: added %v, removed %v", ev.Added, ev.Removed)
+		}
+	case <-ctx.Done():
+		t.Fatal("no event")
+	}
+	if got, want := rrSet(sub.Answers()), rrSetOf(t, "www IN A 192.0.2.2"); !slices.Equal(got, want) {
+		t.Fatalf("answers %v, want %v", got, want)
+	}
+	if lease, err := sub.Refresh(ctx, time.Hour); err != nil || lease <= 0 {
+		t.Fatalf("refresh: %v %v", lease, err)
+	}
+	if err := sub.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	<-sub.Done()
+	if n := metric(t, "subscriptions"); n != live {
+		t.Fatalf("subscriptions %v after the terminate, was %v", n, live)
+	}
 }
