@@ -381,7 +381,7 @@ func TestAcceptBackoffChild(t *testing.T) {
 		t.Skip("run by TestAcceptBackoff")
 	}
 	env, ca := newPushEnv(t, nil)
-	fmt.Println("child: listening", env.e.Addr(), env.e.pushTransport().Addr(), ca.caFile)
+	fmt.Println("child: listening", env.e.Addr(), env.e.pushTransport().Addr(), ca.CAFile)
 	in := bufio.NewScanner(os.Stdin)
 
 	var lim syscall.Rlimit

@@ -1,79 +1,32 @@
 package llq
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"io"
-	"math/big"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/llqdns/llq/dso"
+	"github.com/llqdns/llq/internal/testcert"
 	"github.com/miekg/dns"
 )
 
 // testCA is a certificate chain made for one test: a CA and a server
 // certificate it signed for 127.0.0.1, as files, and a pool trusting the CA.
-type testCA struct {
-	certFile, keyFile, caFile string
-	pool                      *x509.CertPool
-}
+type testCA = testcert.CA
 
-func newTestCA(t testing.TB, dir string) *testCA {
-	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "llq test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "push.example.org"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		DNSNames: []string{"push.example.org"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, _ := x509.MarshalECPrivateKey(key)
-	c := &testCA{certFile: filepath.Join(dir, "cert.pem"), keyFile: filepath.Join(dir, "key.pem"), caFile: filepath.Join(dir, "ca.pem"), pool: x509.NewCertPool()}
-	write := func(name, typ string, b []byte) {
-		if err := os.WriteFile(name, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write(c.certFile, "CERTIFICATE", der)
-	write(c.keyFile, "EC PRIVATE KEY", keyDER)
-	write(c.caFile, "CERTIFICATE", caDER)
-	c.pool.AddCert(ca)
-	return c
-}
+func newTestCA(t testing.TB) *testCA { return testcert.New(t, "push.example.org") }
 
 // newPushEnv is newTestEnv with the TLS listener on an ephemeral port.
 func newPushEnv(t testing.TB, tweak func(*config)) (*testEnv, *testCA) {
 	t.Helper()
-	ca := newTestCA(t, t.TempDir())
+	ca := newTestCA(t)
 	env := newTestEnv(t, func(c *config) {
-		c.tlsCert, c.tlsKey, c.tlsListen = ca.certFile, ca.keyFile, "127.0.0.1:0"
+		c.tlsCert, c.tlsKey, c.tlsListen = ca.CertFile, ca.KeyFile, "127.0.0.1:0"
 		c.debounce = 0
 		if tweak != nil {
 			tweak(c)
@@ -93,7 +46,7 @@ type pushClient struct {
 
 func dialPush(t testing.TB, env *testEnv, ca *testCA) *pushClient {
 	t.Helper()
-	conn, err := tls.Dial("tcp", env.e.push.Addr().String(), &tls.Config{RootCAs: ca.pool, MinVersion: tls.VersionTLS12})
+	conn, err := tls.Dial("tcp", env.e.push.Addr().String(), &tls.Config{RootCAs: ca.Pool, MinVersion: tls.VersionTLS12})
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}

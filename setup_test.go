@@ -264,7 +264,7 @@ func TestSetup(t *testing.T) {
 // bind address, as listen does; with several bind addresses the operator
 // is told which line to write, naming the Corefile's line.
 func TestSetupTLSListen(t *testing.T) {
-	ca := newTestCA(t, t.TempDir())
+	ca := newTestCA(t)
 	for _, tc := range []struct {
 		what   string
 		binds  []string
@@ -284,7 +284,7 @@ func TestSetupTLSListen(t *testing.T) {
 		{what: "two binds, host given", binds: []string{"127.0.0.1", "::1"}, option: "tls-listen 127.0.0.1:8853", want: "127.0.0.1:8853"},
 	} {
 		t.Run(tc.what, func(t *testing.T) {
-			input := "llq {\n listen 127.0.0.1:0\n tls " + ca.certFile + " " + ca.keyFile + "\n " + tc.option + "\n}"
+			input := "llq {\n listen 127.0.0.1:0\n tls " + ca.CertFile + " " + ca.KeyFile + "\n " + tc.option + "\n}"
 			c := caddy.NewTestController("dns", input)
 			dnsserver.GetConfig(c).ListenHosts = tc.binds
 			err := setup(c)

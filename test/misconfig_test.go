@@ -35,7 +35,7 @@ func TestMisconfigurationsRefused(t *testing.T) {
 	if err := os.WriteFile(zone, []byte(fmt.Sprintf(zoneHead, 1)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cert, key, _ := certChain(t, dir)
+	cert, key, _ := certChain(t)
 	for _, tc := range []struct {
 		what, corefile, err string
 	}{
@@ -143,7 +143,7 @@ func TestTLSListenFollowsBind(t *testing.T) {
 	if err := os.WriteFile(zone, []byte(fmt.Sprintf(zoneHead, 1)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cert, key, _ := certChain(t, dir)
+	cert, key, _ := certChain(t)
 	port := freePort(t)
 	s.start(fmt.Sprintf(`example.org:0 {
     bind 127.0.0.1

@@ -1,17 +1,11 @@
 package test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"maps"
-	"math/big"
 	"net"
 	"net/netip"
 	"os"
@@ -25,49 +19,16 @@ import (
 	ctest "github.com/coredns/coredns/test"
 	"github.com/llqdns/llq/dso"
 	"github.com/llqdns/llq/internal/pcaptest"
+	"github.com/llqdns/llq/internal/testcert"
 	"github.com/llqdns/llq/wire"
 	"github.com/miekg/dns"
 )
 
-// certChain makes a CA and a server certificate it signs, as files in dir,
-// and returns the files and a pool that trusts the CA.
-func certChain(t *testing.T, dir string) (cert, key string, pool *x509.CertPool) {
-	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "llq test CA " + dir},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "llq.example.org"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		DNSNames: []string{"llq.example.org"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, _ := x509.MarshalECPrivateKey(k)
-	cert, key = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	// The file holds the chain a client needs: the server certificate, then the CA.
-	chain := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})...)
-	if err := os.WriteFile(cert, chain, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	pool = x509.NewCertPool()
-	pool.AddCert(ca)
-	return cert, key, pool
+// certChain makes a CA and a server certificate it signs, and returns the
+// certificate's and key's files and a pool that trusts the CA.
+func certChain(t *testing.T) (cert, key string, pool *x509.CertPool) {
+	ca := testcert.New(t, "llq.example.org")
+	return ca.CertFile, ca.KeyFile, ca.Pool
 }
 
 // dsoConn is a DNS Push client on a real TLS connection that keeps every
@@ -163,7 +124,7 @@ func wantPush(t *testing.T, got []string, want ...string) {
 // reload keeps the engine, and with it the sessions) and returns the
 // server, its config and the trusted pool.
 func pushServer(t *testing.T, records ...string) (*server, config, netip.AddrPort, *x509.CertPool) {
-	cert, key, pool := certChain(t, t.TempDir())
+	cert, key, pool := certChain(t)
 	listener := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t))
 	tlsAddr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t))
 	cfg := config{options: pushOptions(listener, tlsAddr, cert, key), llq: listener}
@@ -203,7 +164,7 @@ func TestDNSPush(t *testing.T) {
 
 	// Reload with a new certificate: the session stays, new sessions get
 	// the new certificate.
-	cert2, key2, pool2 := certChain(t, t.TempDir())
+	cert2, key2, pool2 := certChain(t)
 	cfg.options = pushOptions(cfg.llq, tlsAddr, cert2, key2)
 	s.restart(s.corefileWith(cfg))
 	s.setRecords("www IN A 192.0.2.3")
@@ -319,7 +280,7 @@ func tsharkCheck(t *testing.T, frames [][]byte) {
 // an allowed client in the same block subscribes as usual.
 func TestDNSPushACLRefused(t *testing.T) {
 	z := zoneFile(t, "example.org", "www IN A 192.0.2.1")
-	cert, key, pool := certChain(t, t.TempDir())
+	cert, key, pool := certChain(t)
 	tlsAddr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t))
 	inst, _, _, err := ctest.CoreDNSServerAndPorts(fmt.Sprintf(`example.org:0 {
     bind 127.0.0.1
