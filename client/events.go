@@ -134,23 +134,3 @@ func (r *recentPackets) seen(m *dns.Msg) bool {
 	r.next = (r.next + 1) % len(r.hash)
 	return false
 }
-
-// deliverLocked queues ev without ever blocking the reader, which serves
-// every subscription on the socket: when the consumer has fallen a whole
-// buffer behind, the oldest queued event makes room and is counted in
-// Dropped. Nothing is lost from the answer set, which Answers still reports
-// exactly, so a consumer that sees Dropped grow can resynchronise from it.
-func (s *Subscription) deliverLocked(ev Event) {
-	for {
-		select {
-		case s.events <- ev:
-			return
-		default:
-		}
-		select {
-		case <-s.events:
-			s.dropped++
-		default:
-		}
-	}
-}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/llqdns/llq/dso"
@@ -16,19 +15,10 @@ import (
 // PUSH right after accepting the SUBSCRIBE, and they arrive as the first
 // Event.
 type PushSubscription struct {
-	c      *PushClient
-	q      dns.Question
-	id     uint16 // the SUBSCRIBE's MESSAGE ID, which names the subscription
-	events chan Event
-
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-
-	mu      sync.Mutex
-	state   state // handshaking until the SUBSCRIBE response
-	answers answerSet
-	err     error
-	dropped uint64
+	feed // its state is handshaking until the SUBSCRIBE response
+	c    *PushClient
+	q    dns.Question
+	id   uint16 // the SUBSCRIBE's MESSAGE ID, which names the subscription
 }
 
 // Subscribe sends a SUBSCRIBE for q (RFC 8765 section 6.2) and waits for
@@ -43,15 +33,7 @@ func (c *PushClient) Subscribe(ctx context.Context, q dns.Question) (*PushSubscr
 	if q.Qclass == 0 {
 		q.Qclass = dns.ClassINET
 	}
-	sctx, cancel := context.WithCancelCause(context.Background())
-	s := &PushSubscription{
-		c:       c,
-		q:       q,
-		events:  make(chan Event, c.opts.EventBuffer),
-		ctx:     sctx,
-		cancel:  cancel,
-		answers: answerSet{},
-	}
+	s := &PushSubscription{feed: newFeed(c.opts.EventBuffer), c: c, q: q}
 	c.mu.Lock()
 	for _, o := range c.subs {
 		if sameQuestion(o.q, q) {
@@ -78,39 +60,6 @@ func (s *PushSubscription) ID() uint16 { return s.id }
 
 // Question returns the question the subscription watches.
 func (s *PushSubscription) Question() dns.Question { return s.q }
-
-// Answers returns a copy of the current answer set: every PUSH so far
-// applied.
-func (s *PushSubscription) Answers() []dns.RR {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.answers.list()
-}
-
-// Events returns the channel that carries one Event per PUSH message that
-// touched the subscription (Msg is nil: a PUSH is no DNS message). It is
-// closed when the subscription ends; Err then says why.
-func (s *PushSubscription) Events() <-chan Event { return s.events }
-
-// Dropped returns how many events were discarded because the Events channel
-// was full. The answer set includes them anyway.
-func (s *PushSubscription) Dropped() uint64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.dropped
-}
-
-// Done is closed when the subscription ends; Err then says why.
-func (s *PushSubscription) Done() <-chan struct{} { return s.ctx.Done() }
-
-// Err returns why the subscription ended: ErrClosed after Close, a
-// *PushError when the server refused it, or the session's error when the
-// session was lost. It is nil while the subscription is live.
-func (s *PushSubscription) Err() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.err
-}
 
 // Close cancels the subscription with an UNSUBSCRIBE (RFC 8765 section
 // 6.4), which has no response. Closing an ended subscription does nothing.
@@ -155,19 +104,7 @@ func (s *PushSubscription) end(err error) bool {
 }
 
 // stop is end without telling the session.
-func (s *PushSubscription) stop(err error) bool {
-	s.mu.Lock()
-	if s.state == ended {
-		s.mu.Unlock()
-		return false
-	}
-	s.state = ended
-	s.err = err
-	close(s.events)
-	s.mu.Unlock()
-	s.cancel(err)
-	return true
-}
+func (s *PushSubscription) stop(err error) bool { return s.finish(err, nil) }
 
 // push applies a PUSH message to every live subscription it matches. A
 // record that matches none is ignored (an UNSUBSCRIBE may have crossed it,
@@ -252,21 +189,4 @@ func (s *PushSubscription) apply(rrs []dns.RR, now time.Time) {
 // subscription's question, where 255 in the question means all.
 func (s *PushSubscription) matches(rrtype, class uint16) bool {
 	return (s.q.Qtype == dns.TypeANY || s.q.Qtype == rrtype) && (s.q.Qclass == dns.ClassANY || s.q.Qclass == class)
-}
-
-// deliverLocked queues ev without blocking the reader; see
-// Subscription.deliverLocked.
-func (s *PushSubscription) deliverLocked(ev Event) {
-	for {
-		select {
-		case s.events <- ev:
-			return
-		default:
-		}
-		select {
-		case <-s.events:
-			s.dropped++
-		default:
-		}
-	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/llqdns/llq/wire"
@@ -21,40 +20,22 @@ const (
 
 // Subscription is one established LLQ.
 type Subscription struct {
-	c      *Client
-	q      dns.Question
-	id     uint64
-	events chan Event
+	feed
+	c  *Client
+	q  dns.Question
+	id uint64
 
-	// ctx ends with the subscription, which aborts an automatic refresh in
-	// flight instead of letting Close wait for its retransmissions.
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-
-	mu      sync.Mutex
-	state   state
+	// Guarded by feed.mu.
 	lease   time.Duration // last granted
 	expires time.Time     // when the last granted lease runs out
 	want    time.Duration // last requested; asked for again by automatic refreshes
-	answers answerSet
-	early   []Event     // events that overtook the ACK+Answers, not yet applied
-	timer   *time.Timer // next automatic refresh
-	err     error
-	dropped uint64
+	early   []Event       // events that overtook the ACK+Answers, not yet applied
+	timer   *time.Timer   // next automatic refresh
 	recent  recentPackets // event packets applied lately, to skip late copies
 }
 
 func newSubscription(c *Client, q dns.Question, id uint64, want time.Duration) *Subscription {
-	ctx, cancel := context.WithCancelCause(context.Background())
-	return &Subscription{
-		c:      c,
-		q:      q,
-		id:     id,
-		events: make(chan Event, c.opts.EventBuffer),
-		ctx:    ctx,
-		cancel: cancel,
-		want:   want,
-	}
+	return &Subscription{feed: newFeed(c.opts.EventBuffer), c: c, q: q, id: id, want: want}
 }
 
 // ID returns the server-assigned LLQ ID.
@@ -68,41 +49,6 @@ func (s *Subscription) Lease() time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.lease
-}
-
-// Answers returns a copy of the current answer set: the ACK+Answers with
-// every event since applied.
-func (s *Subscription) Answers() []dns.RR {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.answers.list()
-}
-
-// Events returns the channel that carries one Event per event packet. It is
-// closed when the subscription ends, by Close or because it was lost; Err
-// then says which.
-func (s *Subscription) Events() <-chan Event { return s.events }
-
-// Dropped returns how many events were discarded because the Events channel
-// was full. The answer set includes them anyway.
-func (s *Subscription) Dropped() uint64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.dropped
-}
-
-// Done is closed when the subscription ends; Err then says why. It serves
-// consumers that take events through Options.OnEvent rather than Events.
-func (s *Subscription) Done() <-chan struct{} { return s.ctx.Done() }
-
-// Err returns why the subscription ended: ErrClosed after Close, otherwise
-// the failure that lost it (an *Error with Code wire.NoSuchLLQ means the
-// server forgot it and Subscribe may be tried again). It is nil while the
-// subscription is live.
-func (s *Subscription) Err() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.err
 }
 
 func (s *Subscription) live() bool {
@@ -254,20 +200,10 @@ func (s *Subscription) end(err error) bool {
 	// the subscription gone from the client too. Not under s.mu: Close
 	// takes the client's lock and then the subscription's.
 	s.c.removeSub(s)
-	s.mu.Lock()
-	if s.state == ended {
-		s.mu.Unlock()
-		return false
-	}
-	s.state = ended
-	s.err = err
-	if s.timer != nil {
-		s.timer.Stop()
-	}
-	s.early = nil
-	close(s.events)
-	s.mu.Unlock()
-
-	s.cancel(err)
-	return true
+	return s.finish(err, func() {
+		if s.timer != nil {
+			s.timer.Stop()
+		}
+		s.early = nil
+	})
 }

@@ -309,7 +309,7 @@ func (w *Watcher) followPush(ctx context.Context, server netip.AddrPort, target 
 		return false, 0, err
 	}
 	w.logf("subscribed to %s with DNS Push at %s", questionString(w.q), server)
-	return true, 0, w.relay(ctx, s, ProtoPush, server)
+	return true, 0, w.relay(ctx, &s.feed, ProtoPush, server)
 }
 
 func (w *Watcher) followLLQ(ctx context.Context, server netip.AddrPort) (established bool, retry time.Duration, err error) {
@@ -327,19 +327,12 @@ func (w *Watcher) followLLQ(ctx context.Context, server netip.AddrPort) (establi
 		return false, 0, err
 	}
 	w.logf("LLQ %#x for %s at %s, lease %s", s.ID(), questionString(w.q), server, s.Lease())
-	return true, 0, w.relay(ctx, s, ProtoLLQ, server)
-}
-
-// feed is what relay needs of a subscription, LLQ or DNS Push alike.
-type feed interface {
-	Answers() []dns.RR
-	Events() <-chan Event
-	Err() error
+	return true, 0, w.relay(ctx, &s.feed, ProtoLLQ, server)
 }
 
 // relay reports s's answer set now and after every event until s ends,
 // returning why it ended, or nil when the watch was stopped.
-func (w *Watcher) relay(ctx context.Context, s feed, proto Proto, server netip.AddrPort) error {
+func (w *Watcher) relay(ctx context.Context, s *feed, proto Proto, server netip.AddrPort) error {
 	if !w.emit(ctx, Update{Answers: s.Answers(), Initial: true, Proto: proto, Server: server}) {
 		return nil
 	}
