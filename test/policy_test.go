@@ -321,7 +321,7 @@ func TestLargeAnswerSetOverUDP(t *testing.T) {
 // the client never hears.
 func TestRefusedQuestionLeavesNoLLQ(t *testing.T) {
 	z := zoneFile(t, "example.org", "www IN A 192.0.2.1", `marker IN TXT "v0"`)
-	cert, key, pool := certChain(t, t.TempDir())
+	cert, key, pool := certChain(t)
 	tlsAddr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t))
 	_, llq := startPolicyCorefile(t, `example.org:0 {
     bind 127.0.0.1
