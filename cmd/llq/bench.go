@@ -782,9 +782,11 @@ func keepAlive(ctx context.Context, socks []*benchSocket) {
 }
 
 // terminateAll cancels every live LLQ, retransmitting each -retry, for
-// every endpoint from one goroutine, and gives up after three rounds.
+// every endpoint from one goroutine. It gives up after three retransmission
+// rounds in which no LLQ ended: a loaded machine slows the replies down, and
+// only a server that stopped answering should cut the phase short.
 func terminateAll(socks []*benchSocket, retry time.Duration) {
-	deadline := time.Now().Add(3 * retry)
+	deadline, last := time.Now().Add(3*retry), -1
 	for time.Now().Before(deadline) {
 		pending := 0
 		for _, s := range socks {
@@ -803,6 +805,9 @@ func terminateAll(socks []*benchSocket, retry time.Duration) {
 		}
 		if pending == 0 {
 			return
+		}
+		if pending != last {
+			deadline, last = time.Now().Add(3*retry), pending
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
