@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"sync"
@@ -217,7 +218,7 @@ func (w *Watcher) run(ctx context.Context) {
 				retry = max(retry, d)
 			}
 		}
-		retry = max(retry, wait)
+		retry = jittered(max(retry, wait))
 		if !w.emit(ctx, Update{Err: err}) {
 			return
 		}
@@ -231,6 +232,17 @@ func (w *Watcher) run(ctx context.Context) {
 		}
 		wait = min(2*wait, w.opts.MaxRetry)
 	}
+}
+
+// jittered adds up to a fifth to d, so that the clients of a server that
+// went away, told one Retry Delay or starting one back-off together, do not
+// all come back in the same instant. It never shortens d: a Retry Delay is
+// the least a client must wait (RFC 8490 section 7.2).
+func jittered(d time.Duration) time.Duration {
+	if d <= 0 {
+		return d
+	}
+	return d + rand.N(d/5+1)
 }
 
 // once finds a server, subscribes and follows the subscription until it is

@@ -175,3 +175,24 @@ func TestParseProto(t *testing.T) {
 		t.Error("ParseProto(udp) succeeded")
 	}
 }
+
+// TestJittered: a retry is spread over a fifth above its delay, never below
+// it, so a Retry Delay is always waited out in full.
+func TestJittered(t *testing.T) {
+	for _, d := range []time.Duration{time.Millisecond, time.Second, 5 * time.Second} {
+		lo, hi := d+d/5, d
+		for range 1000 {
+			j := jittered(d)
+			if j < d || j > d+d/5 {
+				t.Fatalf("jittered(%s) = %s, outside [%s, %s]", d, j, d, d+d/5)
+			}
+			lo, hi = min(lo, j), max(hi, j)
+		}
+		if hi-lo < d/10 {
+			t.Errorf("jittered(%s) spread only over %s in 1,000 draws", d, hi-lo)
+		}
+	}
+	if jittered(0) != 0 {
+		t.Error("jittered(0) is not 0")
+	}
+}
