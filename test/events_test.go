@@ -370,9 +370,9 @@ func TestNoAckRetransmitsThenDrops(t *testing.T) {
 // first transmission of a removal, acks the retransmission, acks the
 // re-addition that follows, then "receives" the held copy and loses its ack.
 func TestLateTransmissionRestated(t *testing.T) {
-	// The raw client must ack within one retransmission interval; 500ms
-	// leaves a loaded machine room for that.
-	s := startServer(t, "listen 127.0.0.1:0\n        lease 2 60\n        retransmit 500ms 5", "c IN A 192.0.2.1")
+	// The raw client must ack within one retransmission interval: 1s leaves
+	// a loaded machine room for that (500ms did not, at load 8 under -race).
+	s := startServer(t, "listen 127.0.0.1:0\n        lease 2 60\n        retransmit 1s 5", "c IN A 192.0.2.1")
 	q := question("c.example.org.", dns.TypeA)
 	r := newRaw(t, s.llq, "")
 	id, _ := r.establish(q, 60)
