@@ -347,7 +347,7 @@ func benchChange(b testing.TB, env *testEnv, t *topic, k int) (added, removed []
 // their transmissions, as if each had been acknowledged long ago.
 func forgetEvents(env *testEnv, t *topic) {
 	env.e.mu.Lock()
-	for x := range t.subs {
+	for _, x := range t.subs {
 		s := x.(*llqSub)
 		for _, tr := range s.pending {
 			env.e.sched.cancel(&tr.ev.retry)

@@ -326,7 +326,7 @@ func (e *Engine) join(s subscriber, tr transport, j *joining) []dns.RR {
 		// A change pass that ran while the answers were being resolved could
 		// not see this topic: re-resolve it, or that change is lost to it.
 		j.resync = e.changes.passes != j.passes
-		t = &topic{key: j.key, question: j.q, zone: j.zone, answers: newAnswerSet(j.answers), subs: make(map[subscriber]struct{}, 1), client: j.client, e: e}
+		t = &topic{key: j.key, question: j.q, zone: j.zone, answers: newAnswerSet(j.answers), client: j.client, e: e}
 		t.retry.init(t)
 		t.noteTargets()
 		e.topics[j.key] = t

@@ -215,7 +215,7 @@ func (l *llqTransport) publish(t *topic, added, removed []string, old answerSet,
 	out := make([]delivery, 0, len(t.subs))
 	round := &retryRound{l: l, events: make([]*event, 0, len(t.subs))}
 	round.timer.init(round)
-	for x := range t.subs {
+	for _, x := range t.subs {
 		s, mine := x.(*llqSub)
 		if !mine {
 			continue

@@ -36,6 +36,7 @@ func (l *llqTransport) bind(s *llqSub, sess *session) {
 func (l *llqTransport) unbind(s *llqSub) {
 	if sess := l.private[s.id]; sess != nil {
 		delete(sess.llqs, s.id)
+		delete(sess.early, s.id)
 	}
 	delete(l.private, s.id)
 }
@@ -62,7 +63,10 @@ func (l *llqTransport) queuePrivate(s *llqSub, packet []byte, now time.Time) {
 	if s.acking {
 		// The ACK these news follow is not queued yet: they wait for it,
 		// since the client cannot place an event before it knows the ID.
-		s.early = append(s.early, b)
+		if sess.early == nil {
+			sess.early = make(map[uint64][][]byte)
+		}
+		sess.early[s.id] = append(sess.early[s.id], b)
 		return
 	}
 	sess.out.frame(b)
@@ -117,11 +121,11 @@ func (l *llqTransport) deliverPrivate(sess *session, reply []byte, acked []uint6
 			continue
 		}
 		s.acking = false
-		for _, b := range s.early {
+		for _, b := range sess.early[id] {
 			sess.out.frame(b)
 			l.e.metrics.privateEvents.Inc()
 		}
-		s.early = nil
+		delete(sess.early, id)
 	}
 	sess.kick()
 }

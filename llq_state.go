@@ -151,7 +151,7 @@ func (l *llqTransport) stateSnapshot(now time.Time) (*snapshot, uint64) {
 	snap := &snapshot{saved: now, topics: make([]savedTopic, 0, len(e.topics))}
 	for _, t := range e.topics {
 		llqs := make([]savedLLQ, 0, len(t.subs))
-		for x := range t.subs {
+		for _, x := range t.subs {
 			s, mine := x.(*llqSub)
 			if !mine || s.private { // it ends with its session
 				continue

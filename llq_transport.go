@@ -89,9 +89,9 @@ type llqSub struct {
 	unsolicited bool // the one packet an unproven port may get has been sent
 	private     bool // set up on a TLS session, where its events go (llq_private.go)
 	// acking is set while a private LLQ's ACK is being answered and not
-	// yet queued: events made meanwhile wait in early (llq_private.go).
+	// yet queued: events made meanwhile wait in its session's early
+	// (llq_private.go).
 	acking bool
-	early  [][]byte
 }
 
 // hold adds st to the news kept for s's unproven port. Call with e.mu held.

@@ -30,6 +30,10 @@ type session struct {
 	byKey  map[questionKey]*pushSub
 	stated map[string]int
 	llqs   map[uint64]*llqSub // private LLQs set up on the session (llq_private.go)
+	// early holds the events of private LLQs whose ACK is being answered,
+	// until it is queued (see deliverPrivate): here rather than in each
+	// llqSub, whose every byte every LLQ pays for.
+	early map[uint64][][]byte
 
 	// The reader's own state.
 	refuse      bool // over a session limit: answer the first request with a Retry Delay
@@ -335,7 +339,7 @@ func (s *session) subscribe(m dso.Message, t dso.TLV) bool {
 		s.out.response(m.ID, dns.RcodeServerFailure, retry)
 		return true
 	}
-	sub := &pushSub{sess: s, id: m.ID, q: q}
+	sub := &pushSub{sess: s, id: m.ID}
 	answers := e.join(sub, p, &j)
 	s.subs[m.ID] = sub
 	s.byKey[key] = sub

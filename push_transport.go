@@ -196,8 +196,7 @@ func (p *pushTransport) unserved() {
 type pushSub struct {
 	subscription
 	sess *session
-	id   uint16       // the SUBSCRIBE's MESSAGE ID
-	q    dns.Question // as subscribed, for the UNSUBSCRIBE of early drafts
+	id   uint16 // the SUBSCRIBE's MESSAGE ID
 }
 
 // changed implements transport: it queues on each session with a
@@ -206,7 +205,7 @@ type pushSub struct {
 // once the engine lock is released.
 func (p *pushTransport) changed(t *topic, added, removed []string, old answerSet, now time.Time) func() {
 	var woken []*session
-	for x := range t.subs {
+	for _, x := range t.subs {
 		sub, mine := x.(*pushSub)
 		if !mine {
 			continue

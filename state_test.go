@@ -333,7 +333,7 @@ func checkRestored(t *testing.T, snap *snapshot) {
 		if tp.key != k || !k.provisional() {
 			t.Fatalf("topic %+v under key %+v", tp.key, k)
 		}
-		for x := range tp.subs {
+		for _, x := range tp.subs {
 			s := x.(*llqSub)
 			if s.topic != tp || l.subs[s.id] != s {
 				t.Fatalf("LLQ %x in topic %v is not in the table", s.id, k)
