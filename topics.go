@@ -45,9 +45,9 @@ type topic struct {
 	// subscription.at), so that leaving costs O(1). A slice of interfaces
 	// takes 16 bytes a subscriber where a map keyed by them took 24 and
 	// more: most of the engine's memory per LLQ beyond the LLQ itself.
-	subs     []subscriber
-	owners   []ownerCount   // subscribers per transport, so that a change visits only those with some
-	client   netip.AddrPort // presented to the backend when re-resolving
+	subs   []subscriber
+	owners []ownerCount   // subscribers per transport, so that a change visits only those with some
+	client netip.AddrPort // presented to the backend when re-resolving
 	// resolving is set while the topic waits for or undergoes a
 	// re-resolution, again when a change came meanwhile; see changeQueue.
 	resolving, again bool
