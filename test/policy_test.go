@@ -125,30 +125,37 @@ func TestACLRefusedClientGetsNothing(t *testing.T) {
 	}
 }
 
+// viewsCorefile is two blocks for example.org sharing the llq block given:
+// the first, with the zone file two, serves the view of clients at
+// 127.0.0.2, the second, with the zone file other, every other client.
+func viewsCorefile(llq, two, other string) string {
+	return `example.org:0 {
+    bind 127.0.0.1
+    view two {
+        expr incidr(client_ip(), '127.0.0.2/32')
+    }
+    ` + llq + `
+    file ` + two + ` {
+        reload 100ms
+    }
+}
+example.org:0 {
+    bind 127.0.0.1
+    ` + llq + `
+    file ` + other + ` {
+        reload 100ms
+    }
+}
+`
+}
+
 // TestViewsEachSubscriberItsView: two view blocks for one zone share llq's
 // listener; each subscriber gets its view's answers and only its view's
 // events.
 func TestViewsEachSubscriberItsView(t *testing.T) {
 	za := zoneFile(t, "a", "www IN A 192.0.2.1", `marker IN TXT "a0"`)
 	zb := zoneFile(t, "b", "www IN A 198.51.100.1", `marker IN TXT "b0"`)
-	dnsAddr, llq := startPolicyCorefile(t, `example.org:0 {
-    bind 127.0.0.1
-    view two {
-        expr incidr(client_ip(), '127.0.0.2/32')
-    }
-    `+llqBlock+`
-    file `+za.zoneFile+` {
-        reload 100ms
-    }
-}
-example.org:0 {
-    bind 127.0.0.1
-    `+llqBlock+`
-    file `+zb.zoneFile+` {
-        reload 100ms
-    }
-}
-`)
+	dnsAddr, llq := startPolicyCorefile(t, viewsCorefile(llqBlock, za.zoneFile, zb.zoneFile))
 	if got, want := rrSet(queryFrom(t, dnsAddr, "127.0.0.2", "www.example.org.", dns.TypeA).Answer), rrSetOf(t, "www IN A 192.0.2.1"); !slices.Equal(got, want) {
 		t.Fatalf("view two answers %v on the ordinary port, want %v", got, want)
 	}

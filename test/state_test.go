@@ -574,24 +574,7 @@ func TestStateRestoredViews(t *testing.T) {
         listen 127.0.0.1:%d
         state %s 1h
     }`, llqPort, statePath)
-	corefile := `example.org:0 {
-    bind 127.0.0.1
-    view two {
-        expr incidr(client_ip(), '127.0.0.2/32')
-    }
-    ` + block + `
-    file ` + za.zoneFile + ` {
-        reload 100ms
-    }
-}
-example.org:0 {
-    bind 127.0.0.1
-    ` + block + `
-    file ` + zb.zoneFile + ` {
-        reload 100ms
-    }
-}
-`
+	corefile := viewsCorefile(block, za.zoneFile, zb.zoneFile)
 	llq := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), llqPort)
 	stop := stateInstance(t, corefile)
 	two := newRaw(t, llq, "127.0.0.2:0")
