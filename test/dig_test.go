@@ -24,14 +24,7 @@ func TestDig(t *testing.T) {
 	}
 	s := startServer(t, "", wwwRecords...)
 	_, dnsPort, _ := net.SplitHostPort(s.dns)
-	run := func(args ...string) string {
-		t.Helper()
-		out, err := exec.Command(dig, args...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("dig %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return string(out)
-	}
+	run := digRunner(t, dig)
 
 	out := run("@127.0.0.1", "-p", dnsPort, "_dns-llq._udp.example.org", "SRV", "+short")
 	if want := fmt.Sprintf("0 0 %d llq.example.org.", s.llq.Port()); strings.TrimSpace(out) != want {
@@ -58,6 +51,19 @@ func TestDig(t *testing.T) {
 	}
 }
 
+// digRunner returns a function that runs dig with its arguments and
+// returns what it printed, failing t if dig fails.
+func digRunner(t *testing.T, dig string) func(args ...string) string {
+	return func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(dig, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("dig %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+}
+
 // TestDigPrivateLLQ: dig, a client we did not write, finds the private LLQ
 // service and sets up an LLQ over TLS in one exchange (RFC 8764's
 // two-message setup on a connection: no challenge, since TLS has proven
@@ -70,14 +76,7 @@ func TestDigPrivateLLQ(t *testing.T) {
 	}
 	s, _, tlsAddr, _ := pushServer(t, "www IN A 192.0.2.1")
 	_, dnsPort, _ := net.SplitHostPort(s.dns)
-	run := func(args ...string) string {
-		t.Helper()
-		out, err := exec.Command(dig, args...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("dig %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return string(out)
-	}
+	run := digRunner(t, dig)
 	for _, service := range []string{"_dns-llq-tls._tcp", "_dns-push-tls._tcp"} {
 		out := run("@127.0.0.1", "-p", dnsPort, service+".example.org", "SRV", "+short")
 		if want := fmt.Sprintf("0 0 %d llq.example.org.", tlsAddr.Port()); strings.TrimSpace(out) != want {
