@@ -28,12 +28,13 @@ type listener struct {
 	tcp   *net.TCPListener
 	gate  *connGate
 	stop  chan struct{} // closed by close
-	// asides holds a token per challenge response being served off the
-	// readers (see setupAside).
-	asides chan struct{}
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	open   map[net.Conn]struct{}
+	// Challenge responses served off the readers (see setupAside): those
+	// waiting, and a token per worker serving them.
+	asideQueue   chan asideSetup
+	asideWorkers chan struct{}
+	wg           sync.WaitGroup
+	mu           sync.Mutex
+	open         map[net.Conn]struct{}
 }
 
 // bind opens the listener's sockets; serve starts reading them. Between
@@ -50,7 +51,7 @@ func bind(addr string) (*listener, error) {
 	}
 	_ = udp.SetReadBuffer(4 << 20)
 	_ = udp.SetWriteBuffer(4 << 20)
-	l := &listener{udp: udp, tcp: tcp, stop: make(chan struct{}), asides: make(chan struct{}, maxSetupsAside), open: make(map[net.Conn]struct{})}
+	l := &listener{udp: udp, tcp: tcp, stop: make(chan struct{}), asideQueue: make(chan asideSetup, maxSetupsQueued), asideWorkers: make(chan struct{}, maxSetupsAside), open: make(map[net.Conn]struct{})}
 	// Go opens an AF_INET socket only for a specific IPv4 address; a
 	// wildcard, even 0.0.0.0, gets a dual-stack AF_INET6 one, whose local
 	// address then reads [::].
@@ -204,9 +205,23 @@ func (l *listener) serveUDP() {
 // upstream: seconds). On a reader it would hold up every ack and refresh
 // behind it, events would be retransmitted and healthy LLQs dropped as
 // silent; so, unless every question it asks is a topic already, it runs
-// on a goroutine of its own, at most maxSetupsAside at once. Past that the response is dropped, and the client, which resends an
-// unanswered challenge response, tries again.
-const maxSetupsAside = 64
+// on one of at most maxSetupsAside workers. Those that find every worker
+// busy wait in a queue of maxSetupsQueued; past that a response is
+// dropped, and the client, which resends an unanswered challenge response,
+// tries again. The queue is what keeps a burst of new questions from being
+// dropped wholesale: a reader takes in many datagrams before the workers
+// it starts get to run (on one core, all of them), and a client's resend
+// comes only after a second or more of back-off.
+const (
+	maxSetupsAside  = 64
+	maxSetupsQueued = 4096 // at most 4 KiB each: 16 MiB at worst, a few hundred bytes each in practice
+)
+
+// asideSetup is a challenge response waiting for a worker.
+type asideSetup struct {
+	b   []byte
+	src netip.AddrPort
+}
 
 // challengeResponse reports whether b is a request with an LLQ setup option
 // carrying an ID: the second half of the UDP handshake. Acks (responses)
@@ -252,21 +267,50 @@ func (e *Engine) topicsExist(b []byte) bool {
 // setupAside serves a challenge response off the reader.
 func (l *listener) setupAside(b []byte, src netip.AddrPort) {
 	select {
-	case l.asides <- struct{}{}:
+	case l.asideQueue <- asideSetup{slices.Clone(b), src}: // the reader's buffer is reused
 	default:
 		l.llq.e.metrics.setupsDropped.Inc()
 		return
 	}
-	b = slices.Clone(b) // the reader's buffer is reused
-	l.wg.Add(1)
-	go func() {
-		defer func() { <-l.asides; l.wg.Done() }()
-		reply, after := l.llq.serveThen(b, src, false)
-		if reply != nil {
-			l.writeTo(reply, src)
+	select {
+	case l.asideWorkers <- struct{}{}:
+		l.wg.Add(1)
+		go l.asideWorker()
+	default: // every worker is busy, and each looks at the queue before it ends
+	}
+}
+
+// asideWorker serves queued challenge responses until none is left. It
+// looks again after giving its token back: a response queued while it was
+// doing so, by a reader that found every token taken, is not stranded.
+func (l *listener) asideWorker() {
+	defer l.wg.Done()
+	for {
+		for {
+			var a asideSetup
+			select {
+			case a = <-l.asideQueue:
+			default:
+			}
+			if a.b == nil {
+				break
+			}
+			reply, after := l.llq.serveThen(a.b, a.src, false)
+			if reply != nil {
+				l.writeTo(reply, a.src)
+			}
+			l.llq.send(after, "event")
 		}
-		l.llq.send(after, "event")
-	}()
+		<-l.asideWorkers
+		if len(l.asideQueue) == 0 {
+			return
+		}
+		select {
+		case l.asideWorkers <- struct{}{}:
+		default:
+			return // the workers holding every token will see it
+		}
+	}
 }
 
 func (l *listener) serveTCP() {

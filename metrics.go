@@ -56,7 +56,7 @@ var (
 	resolutions     = counterVec("resolutions_total", "Topics re-resolved, by trigger.", "trigger")
 	resolveFailures = counterVec("resolution_failures_total", "Re-resolutions that gave no usable answer (SERVFAIL, timeout, truncation...) and left the answers as they were.")
 	setupsDropped   = counterVec("setups_dropped_total",
-		"Challenge responses dropped because maxSetupsAside setups were being resolved already.")
+		"Challenge responses dropped because maxSetupsQueued were waiting for a worker already.")
 	setupRateShared = counterVec("setup_rate_shared_total",
 		"Setups rate-limited in a shared hashed bucket because more clients were being limited at once than have a bucket of their own.")
 
