@@ -81,6 +81,51 @@ func TestSlowSetupsLeaveReadersFree(t *testing.T) {
 	wantOpt(t, only(t, r), wire.OpRefresh, wire.NoError)
 }
 
+// A burst of challenge responses for new questions, more than there are
+// setup workers, waits for a worker: none is dropped, though the client
+// would hear nothing until it resent. Every worker is held by a slow
+// backend while the rest of the burst arrives.
+func TestSetupBurstWaitsForWorkers(t *testing.T) {
+	env := newTestEnv(t, func(c *config) { c.setupRate = 0 })
+	sb := withSlowBackend(env, true)
+	srv := env.e.Addr().(*net.UDPAddr)
+	c := newUDPClient(t)
+	send := func(m *dns.Msg) {
+		t.Helper()
+		if _, err := c.conn.WriteToUDP(packMsg(t, m), srv); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := maxSetupsAside + 20
+	qs := make([]dns.Question, n)
+	ids := make([]uint64, n)
+	for i := range n {
+		qs[i] = question(fmt.Sprintf("slow%d.example.org.", i), dns.TypeA)
+		send(llqMsg(uint16(i+1), 1232, []dns.Question{qs[i]}, setupOpt(0, 3600)))
+		r, _ := c.read(t, wait)
+		ids[i] = only(t, r).Id
+	}
+	for i := range n {
+		send(llqMsg(uint16(i+1), 1232, []dns.Question{qs[i]}, setupOpt(ids[i], 3600)))
+	}
+	for range maxSetupsAside {
+		<-sb.entered // every worker waits on the backend; the rest of the burst is queued or on its way
+	}
+	close(sb.release)
+	acked := make(map[uint16]bool)
+	for range n {
+		r, _ := c.read(t, wait)
+		wantOpt(t, only(t, r), wire.OpSetup, wire.NoError)
+		acked[r.Id] = true
+	}
+	if len(acked) != n {
+		t.Fatalf("%d distinct ACKs for %d setups", len(acked), n)
+	}
+	if st := env.e.Stats(); st.LLQs != n {
+		t.Fatalf("%d LLQs, want %d", st.LLQs, n)
+	}
+}
+
 // Re-resolution runs in parallel: while one topic's backend hangs, another
 // topic's change reaches its subscriber.
 func TestSlowTopicDelaysNoOther(t *testing.T) {
