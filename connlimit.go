@@ -115,8 +115,12 @@ const (
 // Meanwhile clients would wait in the listen backlog until they time out:
 // the kernel completed their handshakes, and nobody takes them. So, out of
 // descriptors, the loop resets them with the spare descriptor (see shed).
+//
+// The caller takes its hold on the spare (holdSpare) before it starts the
+// loop's goroutine, so that the spare is open by the time the listener
+// serves: a goroutine that runs late would find the descriptors already
+// gone. The loop releases the hold when it ends.
 func acceptLoop(ln net.Listener, stop <-chan struct{}, m *listenerMetrics, serve func(net.Conn)) {
-	holdSpare()
 	defer releaseSpare()
 	var pause time.Duration
 	for {

@@ -323,6 +323,7 @@ func TestAcceptBackoff(t *testing.T) {
 	}
 	llqAddr, tlsAddr, caFile := addrs[0], addrs[1], addrs[2]
 	await("child: descriptors exhausted")
+	resets := 0
 	for _, addr := range []string{llqAddr, tlsAddr} {
 		// The kernel completes the handshake; on loopback the reset may
 		// come before Dial returns.
@@ -334,11 +335,23 @@ func TestAcceptBackoff(t *testing.T) {
 			_, err = c.Read(make([]byte, 1))
 			c.Close()
 		}
-		if !errors.Is(err, syscall.ECONNRESET) {
+		switch {
+		case errors.Is(err, syscall.ECONNRESET):
+			resets++
+		case errors.Is(err, io.EOF):
+			// A descriptor was free at that instant (another part of the
+			// process had just let one go): the listener served the
+			// connection, and closed it when this client, which says
+			// nothing, let its handshake time run out. Not a hang.
+			t.Logf("a client of %s while descriptors ran out was served: a descriptor was free", addr)
+		default:
 			t.Errorf("a client of %s while descriptors ran out read %v, want a connection reset", addr, err)
 		}
 	}
-	fmt.Fprintln(stdin, "shed")
+	if resets == 0 {
+		t.Error("no client was reset while descriptors ran out")
+	}
+	fmt.Fprintf(stdin, "shed %d\n", resets)
 	await("child: descriptors freed")
 	c, err := net.Dial("tcp", llqAddr)
 	if err != nil {
@@ -405,7 +418,9 @@ func TestAcceptBackoffChild(t *testing.T) {
 	shed := track(t, env.e.metrics.connsRefused.WithLabelValues("descriptors"))
 	fmt.Println("child: descriptors exhausted")
 	in.Scan() // the parent's clients were reset; the count follows the reset
-	eventually(t, "both resets counted", func() bool { return shed.moved(t) == 2 }, wait)
+	var resets float64
+	fmt.Sscanf(in.Text(), "shed %v", &resets)
+	eventually(t, "the resets counted", func() bool { return shed.moved(t) == resets }, wait)
 	eventually(t, "accepts to fail", func() bool { return failed.moved(t) >= 3 }, wait)
 	if d, err := time.ParseDuration(os.Getenv("LLQ_BACKOFF_MEASURE")); err == nil {
 		cpu0, t0 := cpuTime(), time.Now()

@@ -72,6 +72,7 @@ func (l *listener) serve(lt *llqTransport) {
 	for range readers {
 		go l.serveUDP()
 	}
+	holdSpare() // before serving, see acceptLoop
 	go l.serveTCP()
 }
 

@@ -66,6 +66,7 @@ func newPushTransport(e *Engine, cfg *config) (*pushTransport, error) {
 	p := &pushTransport{e: e, ln: ln, stop: make(chan struct{}), sessions: make(map[*session]struct{}), perClient: make(map[netip.Addr]int)}
 	p.conf.Store(conf)
 	p.wg.Add(1)
+	holdSpare() // before serving, see acceptLoop
 	go p.accept()
 	return p, nil
 }
