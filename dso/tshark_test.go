@@ -2,13 +2,11 @@ package dso
 
 import (
 	"encoding/hex"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/llqdns/llq/internal/pcaptest"
+	"github.com/llqdns/llq/internal/tsharktest"
 	"github.com/miekg/dns"
 )
 
@@ -16,7 +14,7 @@ import (
 // into a pcap file as TCP segments on port 53 and has Wireshark's DSO
 // dissector, a decoder we did not write, read them back.
 func TestTsharkDecodes(t *testing.T) {
-	tshark, err := exec.LookPath("tshark")
+	_, err := exec.LookPath("tshark")
 	if err != nil {
 		t.Skip("tshark is not installed (Debian package tshark; .ci/run installs it): DSO bytes not checked by Wireshark's dissector")
 	}
@@ -82,36 +80,18 @@ func TestTsharkDecodes(t *testing.T) {
 	b.RetryDelay(60000)
 	record(false, want{id: 0, rcode: dns.RcodeServerFailure, retry: "60000"})
 
-	pcap := filepath.Join(t.TempDir(), "dso.pcap")
-	if err := os.WriteFile(pcap, pcaptest.TCP(frames), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	fields := []string{"dns.id", "dns.flags.opcode", "dns.flags.response", "dns.flags.rcode",
+	rows := tsharktest.Frames(t, frames, "dns.id", "dns.flags.opcode", "dns.flags.response", "dns.flags.rcode",
 		"dns.dso.tlv.type", "dns.dso.tlv.length", "dns.dso.tlv.data",
-		"dns.dso.tlv.keepalive.inactivity", "dns.dso.tlv.keepalive.interval", "dns.dso.tlv.retrydelay.retrydelay", "_ws.malformed"}
-	args := []string{"-r", pcap, "-n", "-Y", "dns", "-T", "fields", "-E", "separator=|", "-E", "occurrence=a", "-E", "aggregator=,"}
-	for _, f := range fields {
-		args = append(args, "-e", f)
-	}
-	out, err := exec.Command(tshark, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("tshark: %v\n%s", err, out)
-	}
-	var lines []string
-	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		if !strings.HasPrefix(l, "Running as user") && l != "" {
-			lines = append(lines, l)
-		}
-	}
-	if len(lines) != len(wants) {
-		t.Fatalf("tshark decoded %d packets, want %d:\n%s", len(lines), len(wants), out)
+		"dns.dso.tlv.keepalive.inactivity", "dns.dso.tlv.keepalive.interval", "dns.dso.tlv.retrydelay.retrydelay", "_ws.malformed")
+	if len(rows) != len(wants) {
+		t.Fatalf("tshark decoded %d packets, want %d: %q", len(rows), len(wants), rows)
 	}
 	for i, w := range wants {
-		f := strings.Split(lines[i], "|")
+		f := rows[i]
 		check := func(field, got, want string) {
 			t.Helper()
 			if got != want {
-				t.Errorf("message %d: %s = %q, want %q (line %q)", i, field, got, want, lines[i])
+				t.Errorf("message %d: %s = %q, want %q (line %q)", i, field, got, want, strings.Join(f, "|"))
 			}
 		}
 		check("dns.id", f[0], hexID(w.id))

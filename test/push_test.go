@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -18,8 +17,8 @@ import (
 
 	ctest "github.com/coredns/coredns/test"
 	"github.com/llqdns/llq/dso"
-	"github.com/llqdns/llq/internal/pcaptest"
 	"github.com/llqdns/llq/internal/testcert"
+	"github.com/llqdns/llq/internal/tsharktest"
 	"github.com/llqdns/llq/wire"
 	"github.com/miekg/dns"
 )
@@ -230,29 +229,14 @@ func TestDNSPushZoneDropped(t *testing.T) {
 // one llq's parser saw.
 func tsharkCheck(t *testing.T, frames [][]byte) {
 	t.Helper()
-	tshark, err := exec.LookPath("tshark")
+	_, err := exec.LookPath("tshark")
 	if err != nil {
 		t.Log("tshark is not installed (Debian package tshark; .ci/run installs it): session bytes not checked by Wireshark")
 		return
 	}
-	pcap := filepath.Join(t.TempDir(), "session.pcap")
-	if err := os.WriteFile(pcap, pcaptest.TCP(frames), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command(tshark, "-r", pcap, "-n", "-Y", "dns", "-T", "fields", "-E", "separator=|",
-		"-E", "occurrence=a", "-E", "aggregator=,", "-e", "dns.flags.opcode", "-e", "dns.dso.tlv.type",
-		"-e", "dns.dso.tlv.length").CombinedOutput()
-	if err != nil {
-		t.Fatalf("tshark: %v\n%s", err, out)
-	}
-	var lines []string
-	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		if !strings.HasPrefix(l, "Running as user") && l != "" {
-			lines = append(lines, l)
-		}
-	}
-	if len(lines) != len(frames) {
-		t.Fatalf("tshark decoded %d messages, the session had %d:\n%s", len(lines), len(frames), out)
+	rows := tsharktest.Frames(t, frames, "dns.flags.opcode", "dns.dso.tlv.type", "dns.dso.tlv.length")
+	if len(rows) != len(frames) {
+		t.Fatalf("tshark decoded %d messages, the session had %d: %q", len(rows), len(frames), rows)
 	}
 	for i, f := range frames {
 		m, err := dso.Parse(f[3:])
@@ -269,8 +253,8 @@ func tsharkCheck(t *testing.T, frames [][]byte) {
 			lens = append(lens, fmt.Sprint(len(tlv.Data)))
 		}
 		want := "6|" + strings.Join(types, ",") + "|" + strings.Join(lens, ",")
-		if lines[i] != want {
-			t.Errorf("message %d: tshark says %q, llq's parser %q", i, lines[i], want)
+		if got := strings.Join(rows[i], "|"); got != want {
+			t.Errorf("message %d: tshark says %q, llq's parser %q", i, got, want)
 		}
 	}
 }

@@ -17,10 +17,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/llqdns/llq/internal/pcaptest"
 )
 
 // Capture is a running dumpcap on the loopback interface.
@@ -215,8 +218,26 @@ func Fields(t testing.TB, file, keylog string, port uint16, args []string, field
 	if keylog != "" {
 		cmd = append(cmd, "-o", "tls.keylog_file:"+keylog)
 	}
-	cmd = append(cmd, args...)
-	cmd = append(cmd, "-T", "fields", "-E", "separator=|", "-E", "occurrence=a", "-E", "aggregator=,")
+	return Decode(t, append(cmd, args...), fields...)
+}
+
+// Frames writes frames (DNS over TCP messages, each with its length prefix)
+// as one TCP stream into a capture file and returns, for each DNS message
+// tshark finds in it, the values of fields, as Decode does.
+func Frames(t testing.TB, frames [][]byte, fields ...string) [][]string {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "frames.pcap")
+	if err := os.WriteFile(file, pcaptest.TCP(frames), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return Decode(t, []string{"-r", file, "-n", "-Y", "dns"}, fields...)
+}
+
+// Decode runs tshark with args and returns, for each packet shown, the
+// values of fields, each field's occurrences joined by ",".
+func Decode(t testing.TB, args []string, fields ...string) [][]string {
+	t.Helper()
+	cmd := append(slices.Clip(args), "-T", "fields", "-E", "separator=|", "-E", "occurrence=a", "-E", "aggregator=,")
 	for _, f := range fields {
 		cmd = append(cmd, "-e", f)
 	}
